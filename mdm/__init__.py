@@ -1,0 +1,42 @@
+"""Self-hosted Apple MDM: the application factory."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask
+
+from .config import PROJECT_ROOT, load_config
+from .extensions import db, migrate
+
+MIGRATIONS_DIR = str(Path(__file__).resolve().parent / "migrations")
+
+
+def create_app(overrides: dict | None = None, instance_path: str | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        instance_path=instance_path or str(PROJECT_ROOT / "instance"),
+        instance_relative_config=True,
+        template_folder=str(PROJECT_ROOT / "templates"),
+    )
+    load_config(app, overrides)
+    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+
+    from . import models  # noqa: F401  (register tables)
+    from .ddm import models as ddm_models  # noqa: F401
+
+    from .protocol import bp as protocol_bp
+    from .enroll.views import bp as enroll_bp
+    app.register_blueprint(protocol_bp)
+    app.register_blueprint(enroll_bp)
+
+    from .ui import init_ui
+    init_ui(app)
+
+    from .cli import mdm_cli
+    app.cli.add_command(mdm_cli)
+    return app

@@ -1,0 +1,94 @@
+"""Configuration: built-in defaults, then ``instance/config.py``, then ``MDM_*`` environment variables.
+
+Every setting can be given as an environment variable with the same name prefixed by ``MDM_``
+(``MDM_SERVER_URL=https://mdm.example.com``). Values from the environment are parsed as JSON
+when they look like JSON (numbers, booleans), otherwise kept as strings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+class Defaults:
+    # Where devices reach us. Used in enrollment profiles, SCEP URL and the TLS certificate.
+    SERVER_HOSTNAME = None          # derived from SERVER_URL when unset
+    SERVER_URL = None               # e.g. https://mdm.example.com:8443 ; default https://<fqdn>:<PORT>
+    EXTRA_HOSTNAMES = ""            # comma separated extra SANs for the TLS certificate
+    LISTEN_HOST = "0.0.0.0"
+    PORT = 8443
+    # TLS is on by default: devices refuse plain HTTP. Set to false only behind a TLS-terminating proxy.
+    TLS = True
+    DATABASE_URL = None             # default sqlite:///<instance>/mdm.db
+    CERTS_DIR = None                # default <project>/certs
+    ORGANIZATION = "Self-hosted MDM"
+    # APNs: "production", "sandbox" or a full https:// URL (tests point this at a local HTTP/2 server).
+    APNS_GATEWAY = "production"
+    APNS_CA_FILE = None             # extra CA bundle to trust for a custom gateway (tests)
+    APNS_MAX_ATTEMPTS = 5
+    # Request bodies above this size are refused with 413 before parsing.
+    MAX_CONTENT_LENGTH = 8 * 1024 * 1024
+    MAX_CHECKIN_BYTES = 1024 * 1024
+    # Accept a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
+    TRUSTED_PROXY_CERT_HEADER = ""  # e.g. "X-Client-Cert" (URL-encoded PEM, as nginx $ssl_client_escaped_cert)
+    TRUSTED_PROXY_ADDRESSES = ""    # comma separated remote addresses allowed to set that header
+    SCHEDULER_ENABLED = True
+    ENROLLMENT_DEFAULT_DAYS = 30
+    SCEP_CHALLENGE_MINUTES = 60
+    DEVICE_CERT_DAYS = 365
+    SECRET_KEY = None               # generated into instance/secret_key on first run
+
+
+def load_config(app, overrides: dict | None = None) -> None:
+    for key in dir(Defaults):
+        if key.isupper():
+            app.config.setdefault(key, getattr(Defaults, key))
+    app.config.from_pyfile("config.py", silent=True)
+    for name, raw in os.environ.items():
+        if name.startswith("MDM_"):
+            app.config[name[4:]] = _parse_env(raw)
+    if overrides:
+        app.config.update(overrides)
+
+    instance = Path(app.instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    cfg = app.config
+    if not cfg.get("DATABASE_URL"):
+        cfg["DATABASE_URL"] = f"sqlite:///{instance / 'mdm.db'}"
+    cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
+    if not cfg.get("CERTS_DIR"):
+        cfg["CERTS_DIR"] = str(PROJECT_ROOT / "certs")
+    if not cfg.get("SERVER_URL"):
+        host = cfg.get("SERVER_HOSTNAME") or _default_hostname()
+        scheme = "https" if cfg["TLS"] else "http"
+        cfg["SERVER_URL"] = f"{scheme}://{host}:{cfg['PORT']}"
+    cfg["SERVER_URL"] = cfg["SERVER_URL"].rstrip("/")
+    if not cfg.get("SERVER_HOSTNAME"):
+        from urllib.parse import urlsplit
+        cfg["SERVER_HOSTNAME"] = urlsplit(cfg["SERVER_URL"]).hostname
+    if not cfg.get("SECRET_KEY"):
+        cfg["SECRET_KEY"] = _instance_secret(instance / "secret_key")
+
+
+def _parse_env(raw: str):
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    return value if isinstance(value, (int, float, bool)) else raw
+
+
+def _instance_secret(path: Path) -> str:
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.urandom(32).hex())
+    return path.read_text().strip()

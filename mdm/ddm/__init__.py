@@ -1,0 +1,1 @@
+"""Declarative Device Management: declarations, patch policies, the Apple release catalog, deadlines."""

@@ -1,0 +1,1 @@
+"""DDM tables (filled by the DDM issue)."""

@@ -1,0 +1,1 @@
+"""Enrollment: PKI, enrollment profiles, SCEP."""

@@ -1,0 +1,213 @@
+"""Our own PKI: organisation CA, TLS server certificate, profile-signing identity, device identities.
+
+Created on first run in ``CERTS_DIR``; private keys are written with 0600 permissions and never logged.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+KEY_SIZE = 2048
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def write_private_key(path: Path, key) -> None:
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def load_private_key(path: Path):
+    return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def new_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
+
+
+def _name(common_name: str, org: str | None = None) -> x509.Name:
+    attrs = []
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def create_ca(org: str):
+    key = new_key()
+    name = _name(f"{org} CA", org)
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def issue_certificate(ca_key, ca_cert, public_key, subject: x509.Name, *, days: int,
+                      eku: list, sans: list | None = None, key_encipherment: bool = True) -> x509.Certificate:
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(ca_cert.subject).public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=key_encipherment, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _san_entries(hostnames: list[str]) -> list:
+    entries, seen = [], set()
+    for host in hostnames:
+        host = host.strip()
+        if not host or host in seen:
+            continue
+        seen.add(host)
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            entries.append(x509.DNSName(host))
+    return entries
+
+
+def tls_hostnames(config) -> list[str]:
+    names = [config["SERVER_HOSTNAME"], "localhost", "127.0.0.1"]
+    names += [h for h in str(config.get("EXTRA_HOSTNAMES") or "").split(",") if h.strip()]
+    return names
+
+
+@dataclass
+class PKI:
+    """Loaded key material. Paths are kept so the TLS server can be pointed at the files."""
+    certs_dir: Path
+    ca_key: object
+    ca_cert: x509.Certificate
+    signing_key: object
+    signing_cert: x509.Certificate
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def ca_der(self) -> bytes:
+        return self.ca_cert.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.certs_dir / "tls.pem"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.certs_dir / "tls.key"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.certs_dir / "ca.pem"
+
+    def issue_device_identity(self, public_key, subject: x509.Name, days: int) -> x509.Certificate:
+        return issue_certificate(self.ca_key, self.ca_cert, public_key, subject, days=days,
+                                 eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+def ensure_pki(certs_dir: str | Path, hostnames: list[str], org: str) -> PKI:
+    """Create whatever is missing (idempotent). The TLS certificate is re-issued when the host names change."""
+    certs = Path(certs_dir)
+    certs.mkdir(parents=True, exist_ok=True)
+    os.chmod(certs, 0o700)
+    ca_key_path, ca_cert_path = certs / "ca.key", certs / "ca.pem"
+    if not (ca_key_path.exists() and ca_cert_path.exists()):
+        key, cert = create_ca(org)
+        write_private_key(ca_key_path, key)
+        write_cert(ca_cert_path, cert)
+    ca_key, ca_cert = load_private_key(ca_key_path), load_cert(ca_cert_path)
+
+    tls_key_path, tls_cert_path = certs / "tls.key", certs / "tls.pem"
+    wanted = {str(e.value) for e in _san_entries(hostnames)}
+    reissue = True
+    if tls_key_path.exists() and tls_cert_path.exists():
+        current = load_cert(tls_cert_path)
+        san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        have = {str(v.value) for v in san}
+        reissue = (not wanted <= have or current.issuer != ca_cert.subject
+                   or current.not_valid_after_utc < _now() + dt.timedelta(days=30))
+    if reissue:
+        key = new_key()
+        cert = issue_certificate(ca_key, ca_cert, key.public_key(), _name(hostnames[0], org), days=825,
+                                 eku=[ExtendedKeyUsageOID.SERVER_AUTH], sans=_san_entries(hostnames))
+        write_private_key(tls_key_path, key)
+        # Serve the chain so clients that only trust the CA still build the path.
+        tls_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
+                                  ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    sign_key_path, sign_cert_path = certs / "signing.key", certs / "signing.pem"
+    if not (sign_key_path.exists() and sign_cert_path.exists()) or load_cert(sign_cert_path).issuer != ca_cert.subject:
+        key = new_key()
+        cert = issue_certificate(ca_key, ca_cert, key.public_key(), _name(f"{org} Profile Signing", org),
+                                 days=1825, eku=[ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.EMAIL_PROTECTION],
+                                 key_encipherment=False)
+        write_private_key(sign_key_path, key)
+        write_cert(sign_cert_path, cert)
+    return PKI(certs, ca_key, ca_cert, load_private_key(sign_key_path), load_cert(sign_cert_path))
+
+
+_lock = threading.Lock()
+
+
+def get_pki(app=None) -> PKI:
+    """The app's PKI, created on first use."""
+    from flask import current_app
+    app = app or current_app._get_current_object()
+    pki = app.extensions.get("mdm_pki")
+    if pki is None:
+        with _lock:
+            pki = app.extensions.get("mdm_pki")
+            if pki is None:
+                pki = ensure_pki(app.config["CERTS_DIR"], tls_hostnames(app.config), app.config["ORGANIZATION"])
+                app.extensions["mdm_pki"] = pki
+    return pki
