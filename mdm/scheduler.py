@@ -16,7 +16,34 @@ def register_job(func, trigger: str, **trigger_args) -> None:
     _JOBS.append((func, trigger, trigger_args))
 
 
-def start_scheduler(app) -> BackgroundScheduler:
+class SchedulerLocked(RuntimeError):
+    """Another process already runs the scheduler for this deployment."""
+
+
+def _take_scheduler_lock(app):
+    """Exactly one scheduler per deployment: an exclusive lock held for the process lifetime.
+    The lock is a file in the instance folder, shared by every process started from it (a reloader,
+    a second ``run.sh``)."""
+    import fcntl
+    from pathlib import Path
+    path = Path(app.instance_path) / "scheduler.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SchedulerLocked(f"another process holds {path}") from None
+    return handle
+
+
+def start_scheduler(app) -> BackgroundScheduler | None:
+    """Start the scheduler unless another process of this deployment already runs one."""
+    try:
+        lock = _take_scheduler_lock(app)
+    except SchedulerLocked as exc:
+        log.warning("not starting a scheduler: %s", exc)
+        return None
+    app.extensions["mdm_scheduler_lock"] = lock
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                                                    "misfire_grace_time": 3600})
     for func, trigger, trigger_args in _JOBS:
