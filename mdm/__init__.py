@@ -28,6 +28,10 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
 
     from . import models  # noqa: F401  (register tables)
     from .ddm import models as ddm_models  # noqa: F401
+    from .ddm import state_models  # noqa: F401
+
+    from . import pushcert
+    pushcert.init_app(app)
 
     from .protocol import bp as protocol_bp
     from .enroll.views import bp as enroll_bp

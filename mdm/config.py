@@ -49,8 +49,9 @@ class Defaults:
 
 def load_config(app, overrides: dict | None = None) -> None:
     for key in dir(Defaults):
-        if key.isupper():
-            app.config.setdefault(key, getattr(Defaults, key))
+        # Flask pre-fills some keys with None (MAX_CONTENT_LENGTH, SECRET_KEY): ours replace those.
+        if key.isupper() and app.config.get(key) is None:
+            app.config[key] = getattr(Defaults, key)
     app.config.from_pyfile("config.py", silent=True)
     for name, raw in os.environ.items():
         if name.startswith("MDM_"):

@@ -90,6 +90,8 @@ class IssuedCertificate(db.Model):
     sha256 = db.Column(db.String(64), unique=True, nullable=False)
     subject = db.Column(db.String(255))
     enrollment_token_id = db.Column(db.Integer, db.ForeignKey("enrollment_tokens.id", ondelete="SET NULL"))
+    # Set when issued for a SCEP RenewalReq: the SHA-256 of the certificate that signed the renewal.
+    renewed_from_sha256 = db.Column(db.String(64), index=True)
     not_after = db.Column(db.DateTime)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
@@ -149,9 +151,13 @@ class PushRequest(db.Model):
     __tablename__ = "push_requests"
     id = db.Column(db.Integer, primary_key=True)
     device_id = db.Column(db.Integer, db.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False, index=True)
-    status = db.Column(db.String(16), nullable=False, default="pending", index=True)  # pending|sent|failed
+    status = db.Column(db.String(16), nullable=False, default="pending", index=True)  # pending|sent|failed|skipped
     attempts = db.Column(db.Integer, nullable=False, default=0)
     next_attempt_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # Latest request folded into this row, and when a sender took it: a request that arrives while the
+    # push is in flight (requested_at > claimed_at) sends it again, so no queued command waits unseen.
+    requested_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    claimed_at = db.Column(db.DateTime)
     apns_id = db.Column(db.String(64))
     last_status_code = db.Column(db.Integer)
     last_reason = db.Column(db.String(255))

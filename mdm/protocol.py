@@ -1,4 +1,115 @@
-"""Device-facing MDM endpoints: check-in and command (filled by the MDM core work)."""
-from flask import Blueprint
+"""Device-facing MDM endpoints: PUT /mdm/checkin and PUT /mdm/connect.
+
+Thin on purpose: read the body within its size limit, authenticate (mdm/certauth.py), parse the XML
+plist, call the service (mdm/checkin.py, mdm/queue.py), commit, answer. A device never gets 401 or 500:
+refusals are 400/403/404/410/413 with the reason logged, and a refused request stores nothing except,
+for authentication failures, the audit record.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, request
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import certauth, checkin, queue
+from .checkin import ProtocolError, Reply
+from .enroll.pki import get_pki
+from .extensions import db
+from .models import audit, utcnow
+from .plistio import PlistError, loads_xml, require
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("protocol", __name__)
+
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+COMMAND_STATUSES = ("Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@bp.put("/mdm/checkin")
+def checkin_endpoint():
+    return _device_request("checkin", current_app.config["MAX_CHECKIN_BYTES"], _checkin)
+
+
+@bp.put("/mdm/connect")
+def connect_endpoint():
+    # Flask's own default for MAX_CONTENT_LENGTH is None (unlimited); a device answer is never that big.
+    limit = current_app.config.get("MAX_CONTENT_LENGTH") or DEFAULT_MAX_RESPONSE_BYTES
+    return _device_request("connect", limit, _connect)
+
+
+def _checkin(identity, message: dict, body: bytes) -> Reply:
+    return checkin.handle(identity, message)
+
+
+def _connect(identity, message: dict, body: bytes) -> Reply:
+    status = require(message, "Status")
+    if status not in COMMAND_STATUSES:
+        raise ProtocolError(f"unknown Status {status!r}")
+    if status != "Idle":
+        require(message, "CommandUUID")
+    udid = checkin.message_udid(message)
+    device = certauth.authorize(identity, udid, enrolling=False)
+    if any(key in message for key in ("UserID", "EnrollmentUserID")):
+        return Reply()   # per-user channel: we queue no user commands
+    device.last_seen_at = utcnow()
+    command = queue.exchange(device, message, body)
+    if command is None:
+        return Reply()
+    return Reply(200, command.payload, "application/xml; charset=utf-8")
+
+
+def _device_request(endpoint: str, limit: int, service) -> Response:
+    remote = request.remote_addr
+    try:
+        body = _read_body(limit)
+        identity = certauth.identify(current_app.config, remote, request.headers, body, get_pki().ca_cert)
+        message = loads_xml(body)
+        reply = service(identity, message, body)
+        db.session.commit()
+    except BodyTooLarge as exc:
+        return _refuse(endpoint, 413, str(exc))
+    except certauth.AuthError as exc:
+        db.session.rollback()
+        audit("device.auth_failed", actor="device", source=remote, detail=f"{endpoint}: {exc}")
+        db.session.commit()
+        return _refuse(endpoint, 400, str(exc))
+    except PlistError as exc:
+        db.session.rollback()
+        return _refuse(endpoint, 400, str(exc))
+    except ProtocolError as exc:
+        db.session.rollback()
+        return _refuse(endpoint, exc.status, str(exc))
+    except OperationalError:
+        db.session.rollback()
+        log.exception("%s: database unavailable", endpoint)
+        return Response("busy, retry later", 503, {"Retry-After": "30"}, content_type="text/plain")
+    except Exception:
+        # Never a 500 to a device: it would retry the same message forever. The trace is in the log.
+        db.session.rollback()
+        log.exception("%s: unexpected error processing a device message", endpoint)
+        return _refuse(endpoint, 400, "could not process the message")
+    return Response(reply.body, reply.status, content_type=reply.content_type)
+
+
+def _read_body(limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
+    try:
+        body = request.stream.read(limit + 1)
+    except RequestEntityTooLarge:
+        raise BodyTooLarge(f"body exceeds the limit of {limit} bytes") from None
+    if len(body) > limit:
+        raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+    return body
+
+
+def _refuse(endpoint: str, status: int, reason: str) -> Response:
+    log.warning("%s refused %s from %s: %s", endpoint, status, request.remote_addr, reason)
+    return Response(reason + "\n", status, content_type="text/plain; charset=utf-8")

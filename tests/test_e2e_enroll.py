@@ -39,7 +39,7 @@ def test_fifty_devices_enroll_and_report_inventory(live_server):
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)
     assert {d["udid"] for d in listed} == {d.udid for d in report.devices}
-    assert all(d["supervised"] is True and d["enrollment_status"] == "enrolled" for d in listed)
+    assert all(d["supervised"] is True and d["enrollment"] == "enrolled" for d in listed)
 
 
 def test_not_now_command_is_offered_again(live_server):

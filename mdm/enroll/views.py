@@ -1,4 +1,93 @@
-"""Enrollment and SCEP HTTP endpoints (filled by the enrollment work)."""
-from flask import Blueprint
+"""Enrollment and SCEP HTTP endpoints. Thin: parse the request, call the service, serialise the answer.
+
+Device-facing: never 401 or 500 for bad input; a refusal is 400/403/404/413 with a plain-text reason.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+
+from flask import Blueprint, Response, request
+
+from . import scep
+from .pki import get_pki
+from .profile import ProfileUnavailable, download_enrollment_profile
+from .tokens import TokenError
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("enroll", __name__)
+
+PROFILE_MIMETYPE = "application/x-apple-aspen-config"
+CA_MIMETYPE = "application/x-x509-ca-cert"
+PKI_MESSAGE_MIMETYPE = "application/x-pki-message"
+
+
+def _refuse(status: int, reason: str) -> Response:
+    # Log the route pattern, not the path: /enroll/<token> must not put the token in the log.
+    route = request.url_rule.rule if request.url_rule is not None else "?"
+    log.warning("%s %s -> %s: %s", request.method, route, status, reason)
+    return Response(reason + "\n", status=status, mimetype="text/plain")
+
+
+@bp.get("/enroll/<token>")
+def enrollment_profile(token: str):
+    """The enrollment profile, signed (or plain XML with ?unsigned=1 for tools that cannot read CMS)."""
+    unsigned = request.args.get("unsigned", "").lower() in ("1", "true", "yes")
+    try:
+        data = download_enrollment_profile(token, signed=not unsigned, source=request.remote_addr)
+    except TokenError as exc:
+        return _refuse(exc.status_code, exc.reason)
+    except ProfileUnavailable as exc:
+        return _refuse(exc.status_code, exc.reason)
+    response = Response(data, mimetype=PROFILE_MIMETYPE)
+    response.headers["Content-Disposition"] = 'attachment; filename="enroll.mobileconfig"'
+    response.headers["Cache-Control"] = "no-store"   # every download carries its own one-time challenge
+    return response
+
+
+@bp.get("/ca.pem")
+def ca_certificate():
+    """Our CA in PEM, for admins and browsers that need to trust the server."""
+    return Response(get_pki().ca_pem, mimetype=CA_MIMETYPE,
+                    headers={"Content-Disposition": 'inline; filename="ca.pem"'})
+
+
+@bp.route("/scep", methods=["GET", "POST"])
+def scep_endpoint():
+    operation = request.args.get("operation", "")
+    if operation == "GetCACaps":
+        return Response(scep.ca_caps(), mimetype="text/plain")
+    if operation == "GetCACert":
+        return Response(scep.ca_cert_der(), mimetype=CA_MIMETYPE)
+    if operation != "PKIOperation":
+        return _refuse(400, f"unsupported SCEP operation {operation[:40]!r}")
+
+    if request.method == "POST":
+        if (request.content_length or 0) > scep.MAX_MESSAGE_BYTES:
+            return _refuse(413, f"PKIOperation body over {scep.MAX_MESSAGE_BYTES} bytes")
+        message = request.stream.read(scep.MAX_MESSAGE_BYTES + 1)
+        if len(message) > scep.MAX_MESSAGE_BYTES:
+            return _refuse(413, f"PKIOperation body over {scep.MAX_MESSAGE_BYTES} bytes")
+    else:
+        encoded = request.args.get("message", "")
+        if len(encoded) > scep.MAX_MESSAGE_BYTES * 4 // 3 + 4:
+            return _refuse(413, f"PKIOperation message over {scep.MAX_MESSAGE_BYTES} bytes")
+        try:
+            message = _decode_base64(encoded)
+        except (binascii.Error, ValueError):
+            return _refuse(400, "the message parameter is not base64")
+    try:
+        result = scep.handle_pki_operation(message, source=request.remote_addr)
+    except scep.ScepRequestError as exc:
+        return _refuse(400, str(exc))
+    return Response(result.response, mimetype=PKI_MESSAGE_MIMETYPE)
+
+
+def _decode_base64(value: str) -> bytes:
+    # A '+' left unescaped in the query string arrives as a space; some clients use the URL-safe alphabet.
+    value = value.strip().replace(" ", "+").replace("\n", "").replace("\r", "")
+    if "-" in value or "_" in value:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)

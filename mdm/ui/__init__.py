@@ -1,5 +1,101 @@
-"""Admin web UI (HTMX)."""
+"""Admin web UI (HTMX) and the JSON API: blueprints, login, CSRF, access rules, first-run account."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from flask import g, request
+from flask_login import LoginManager, current_user
+
+login_manager = LoginManager()
 
 
 def init_ui(app) -> None:
-    """Register the UI blueprints (filled by the UI issue)."""
+    from .. import accounts  # noqa: F401  (register the account tables before create_all)
+    from .access import init_access
+
+    # Flask ships its own defaults for these (insecure for us), so they are set, not defaulted.
+    # Secure even when TLS is terminated by a proxy: the browser still talks HTTPS.
+    app.config.update(SESSION_COOKIE_SECURE=True, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_NAME="mdm_session",
+                      PERMANENT_SESSION_LIFETIME=timedelta(hours=float(app.config.get("SESSION_HOURS", 12))))
+    app.config.setdefault("REMEMBER_COOKIE_SECURE", True)
+    app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
+    app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+
+    login_manager.init_app(app)
+    login_manager.session_protection = "basic"
+    init_access(app)
+
+    from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
+                   static_files)
+    for module in (auth, static_files, dashboard, devices, groups, policies, enrollment, settings, admins,
+                   audit_log):
+        app.register_blueprint(module.bp)
+    from ..api import bp as api_bp
+    app.register_blueprint(api_bp)
+
+    from .templating import init_templating
+    init_templating(app)
+    app.extensions.setdefault("mdm_init_hooks", []).append(ensure_first_admin)
+
+
+@login_manager.user_loader
+def _load_user(session_id: str):
+    from ..accounts import AdminUser
+    from ..extensions import db
+    try:
+        user_id, generation = (int(p) for p in session_id.split(":", 1))
+    except ValueError:
+        return None
+    user = db.session.get(AdminUser, user_id)
+    if user is None or user.disabled or user.session_generation != generation:
+        return None
+    return user
+
+
+def ensure_first_admin() -> list[str]:
+    """Init hook: on first run create an Administrator and print its credentials; afterwards, remind
+    the operator where the first password is while that file still exists."""
+    from flask import current_app
+
+    from ..accounts import AdminUser, Role, create_admin, generate_password
+    from ..extensions import db
+    from ..models import audit
+    path = Path(current_app.instance_path) / "initial-admin-password"
+    if AdminUser.query.count() == 0:
+        password = generate_password()
+        user = create_admin("admin", password, Role.Administrator, created_by="system")
+        audit("admin.create", actor="system", object_type="admin", object_id=user.id, after=user.summary(),
+              detail="first run")
+        db.session.commit()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"username: admin\npassword: {password}\n")
+        os.replace(tmp, path)
+        return [f"First administrator: username admin, password {password}",
+                f"  (also written to {path}; change it after signing in)"]
+    if path.exists():
+        first = AdminUser.query.order_by(AdminUser.id).first()
+        text = path.read_text()
+        password = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                         if line.startswith("password:")), "")
+        if first and first.check_password(password):
+            return [f"First administrator: username {first.username}, password {password}",
+                    f"  (from {path}; change the password to stop printing it)"]
+    return []
+
+
+def current_actor() -> str:
+    """Who is acting, for the audit log: the admin's username or "api:<token name>"."""
+    if getattr(g, "actor", None):
+        return g.actor
+    if current_user and current_user.is_authenticated:
+        return current_user.username
+    return "anonymous"
+
+
+def current_source() -> str | None:
+    return request.remote_addr

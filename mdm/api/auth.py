@@ -1,0 +1,45 @@
+"""Bearer-token authentication for /api/v1 (called by the one access guard in mdm/ui/access.py).
+
+Tokens carry a role like administrators do. No cookies are read here, so the API needs no CSRF token."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import current_app, g, request
+
+from ..accounts import token_for_secret
+from ..extensions import db
+from ..models import utcnow
+from ..ui.access import api_error, required_role_for
+
+# last_used_at is written at most this often per token, so reads stay reads.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def authenticate_api_request():
+    if request.endpoint is None:
+        return api_error(404, f"no API route {request.method} {request.path}")
+    need = required_role_for(request.endpoint)
+    if need == "public":
+        return None
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        response, status = api_error(401, "send an API token: Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mdm"'
+        return response, status
+    token = token_for_secret(header[len("Bearer "):].strip())
+    if token is None:
+        current_app.logger.info("API request with an unknown or revoked token from %s", request.remote_addr)
+        response, status = api_error(401, "unknown or revoked API token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mdm", error="invalid_token"'
+        return response, status
+    g.api_token = token
+    g.actor = token.actor
+    if token.role_enum < need:
+        return api_error(403, f"this needs the {need.name} role or higher; the token has {token.role}",
+                         required_role=need.name)
+    now = utcnow()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        token.last_used_at = now
+        db.session.commit()
+    return None

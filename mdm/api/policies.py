@@ -1,0 +1,165 @@
+"""Patch policies: create, read, update, delete, bind, load defaults, results. Validation and error
+messages are the DDM service's, exactly as in the form."""
+from __future__ import annotations
+
+from flask import jsonify, request
+
+from ..accounts import Role
+from ..extensions import db
+from ..ui import current_actor, current_source
+from ..ui.access import api_error, requires
+from ..ui.rooms import service
+from . import bp
+
+
+def _policies():
+    from ..ddm import policies
+    return policies
+
+
+def _policy_error(exc, status: int = 400):
+    errors = [{"field": e.field, "message": e.message} for e in exc.errors]
+    if any("already exists" in e.message for e in exc.errors):
+        status = 409
+    return api_error(status, str(exc), errors=errors)
+
+
+def _find(policy_id: int):
+    from ..ddm.models import PatchPolicy
+    return db.session.get(PatchPolicy, policy_id)
+
+
+def _body() -> dict | None:
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else None
+
+
+@bp.get("/policies")
+@requires(Role.ReadOnly)
+def list_policies():
+    p = _policies()
+    return jsonify({"policies": [p.policy_summary(x) for x in p.list_policies()]})
+
+
+@bp.post("/policies")
+@requires(Role.Manager)
+def create_policy():
+    p, body = _policies(), _body()
+    if body is None:
+        return api_error(400, "send the policy fields as a JSON object")
+    body = dict(body)
+    platform = body.pop("platform", "iOS")
+    if platform != "iOS":
+        return api_error(400, f"platform: only iOS patch policies are available, got {platform!r}")
+    try:
+        policy = p.create_policy(body, actor=current_actor(), source=current_source())
+    except p.PolicyError as exc:
+        db.session.rollback()
+        return _policy_error(exc)
+    return jsonify(p.policy_summary(policy)), 201
+
+
+@bp.get("/policies/<int:policy_id>")
+@requires(Role.ReadOnly)
+def get_policy(policy_id):
+    policy = _find(policy_id)
+    if policy is None:
+        return api_error(404, f"no patch policy {policy_id}")
+    return jsonify(_policies().policy_summary(policy))
+
+
+@bp.patch("/policies/<int:policy_id>")
+@requires(Role.Manager)
+def update_policy(policy_id):
+    p, body = _policies(), _body()
+    policy = _find(policy_id)
+    if policy is None:
+        return api_error(404, f"no patch policy {policy_id}")
+    if body is None:
+        return api_error(400, "send the fields to change as a JSON object")
+    try:
+        p.update_policy(policy, body, actor=current_actor(), source=current_source())
+    except p.PolicyError as exc:
+        db.session.rollback()
+        return _policy_error(exc)
+    return jsonify(p.policy_summary(policy))
+
+
+@bp.delete("/policies/<int:policy_id>")
+@requires(Role.Manager)
+def delete_policy(policy_id):
+    policy = _find(policy_id)
+    if policy is None:
+        return api_error(404, f"no patch policy {policy_id}")
+    _policies().delete_policy(policy, actor=current_actor(), source=current_source())
+    return "", 204
+
+
+def _targets(body) -> tuple[list, list] | None:
+    devices, groups = body.get("devices", []), body.get("groups", [])
+    if not isinstance(devices, list) or not isinstance(groups, list):
+        return None
+    return devices, groups
+
+
+@bp.post("/policies/<int:policy_id>/bindings")
+@requires(Role.Manager)
+def bind_policy(policy_id):
+    """{"devices": [id | UDID | serial, ...], "groups": [id | name, ...]}"""
+    p, body = _policies(), _body()
+    policy = _find(policy_id)
+    if policy is None:
+        return api_error(404, f"no patch policy {policy_id}")
+    targets = _targets(body) if body is not None else None
+    if targets is None:
+        return api_error(400, "send {\"devices\": [...], \"groups\": [...]}")
+    try:
+        created = p.bind_policy(policy, devices=targets[0], groups=targets[1], actor=current_actor(),
+                                source=current_source())
+    except p.PolicyError as exc:
+        db.session.rollback()
+        return _policy_error(exc)
+    return jsonify({"created": len(created), **p.policy_summary(policy)})
+
+
+@bp.delete("/policies/<int:policy_id>/bindings")
+@requires(Role.Manager)
+def unbind_policy(policy_id):
+    p, body = _policies(), _body()
+    policy = _find(policy_id)
+    if policy is None:
+        return api_error(404, f"no patch policy {policy_id}")
+    targets = _targets(body) if body is not None else None
+    if targets is None:
+        return api_error(400, "send {\"devices\": [...], \"groups\": [...]}")
+    try:
+        removed = p.unbind_policy(policy, devices=targets[0], groups=targets[1], actor=current_actor(),
+                                  source=current_source())
+    except p.PolicyError as exc:
+        db.session.rollback()
+        return _policy_error(exc)
+    return jsonify({"removed": removed, **p.policy_summary(policy)})
+
+
+@bp.post("/policies/load-defaults")
+@requires(Role.Manager)
+def load_defaults():
+    load = service("mdm.ddm.rings", "load_default_rings")
+    if load is None:
+        return api_error(501, "loading the default rings is not available in this build yet")
+    results = load(actor=current_actor(), source=current_source())
+    return jsonify({"rings": [r.as_dict() for r in results],
+                    "created": any(r.created_group or r.created_policy for r in results)})
+
+
+@bp.get("/policies/<int:policy_id>/results")
+@requires(Role.ReadOnly)
+def policy_results(policy_id):
+    if _find(policy_id) is None:
+        return api_error(404, f"no patch policy {policy_id}")
+    results_for_policy = service("mdm.ddm.results", "results_for_policy")
+    if results_for_policy is None:
+        return api_error(501, "policy results are not available in this build yet")
+    with_history = request.args.get("history") in ("1", "true", "yes")
+    return jsonify({"policy_id": policy_id,
+                    "results": [r.as_dict() for r in results_for_policy(policy_id, with_history=with_history)]})

@@ -1,0 +1,295 @@
+"""Who is talking: the device identity certificate behind a check-in or command request.
+
+Two ways in, like NanoMDM's certauth:
+- the ``Mdm-Signature`` header (the enrollment profile sets SignMessage): a base64 CMS SignedData,
+  detached, over the exact request body, signed by the device identity our SCEP CA issued;
+- optionally, a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
+
+Then the binding: Authenticate binds the certificate (SHA-256 fingerprint) to the device's UDID; every
+later request must come with a certificate bound to that UDID, or with a renewal our CA issued for the
+same device (same subject as a certificate already bound), which is bound then.
+
+Every refusal is an ``AuthError`` with a reason a person can act on; the HTTP layer answers 400.
+Nothing secret (signatures, keys, whole certificates) goes into the reason.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import unquote
+
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from .extensions import db
+from .models import Device, DeviceCertificate, IssuedCertificate
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Mdm-Signature"
+# A CMS blob with a couple of certificates is a few KB; anything far larger is not a device signature.
+MAX_SIGNATURE_HEADER_CHARS = 64 * 1024
+
+_DIGESTS = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHLIB = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
+
+
+class AuthError(Exception):
+    """The request is not authenticated or not authorised for this device; ``str(exc)`` is the reason."""
+
+
+@dataclass
+class Identity:
+    """A verified device identity certificate, not yet tied to a device."""
+    cert: x509.Certificate
+    sha256: str
+    via: str   # "signature" or "proxy"
+
+    @property
+    def subject(self) -> str:
+        return self.cert.subject.rfc4514_string()
+
+    @property
+    def serial(self) -> str:
+        return format(self.cert.serial_number, "x")
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+# --- the Mdm-Signature header ------------------------------------------------------------------------
+
+def verify_mdm_signature(header_value: str | None, body: bytes, ca_cert: x509.Certificate,
+                         now: datetime | None = None) -> x509.Certificate:
+    """The signer certificate, after checking the CMS signature covers exactly ``body`` and the signer
+    was issued by ``ca_cert`` and is within its validity. Raises AuthError."""
+    if not header_value:
+        raise AuthError("missing Mdm-Signature header")
+    if len(header_value) > MAX_SIGNATURE_HEADER_CHARS:
+        raise AuthError("Mdm-Signature header too large")
+    try:
+        der = base64.b64decode("".join(header_value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise AuthError("Mdm-Signature is not base64") from None
+    signed_data = _parse_signed_data(der)
+    signer_info = _single_signer(signed_data)
+    cert = _signer_certificate(signed_data, signer_info)
+    check_issued_by_ca(cert, ca_cert, now)
+    _verify_signer_info(signer_info, cert, body)
+    return cert
+
+
+def _parse_signed_data(der: bytes):
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise AuthError("Mdm-Signature is CMS but not SignedData")
+        signed_data = info["content"]
+        # Force a full parse now so malformed inner structures fail here, not later.
+        signed_data.native  # noqa: B018
+    except AuthError:
+        raise
+    except Exception:  # asn1crypto raises ValueError/TypeError/KeyError on junk
+        raise AuthError("Mdm-Signature is not a CMS structure") from None
+    encap = signed_data["encap_content_info"]
+    if encap["content"].native is not None:
+        # Devices send a detached signature: the signed content is the request body itself.
+        raise AuthError("Mdm-Signature must be a detached signature")
+    return signed_data
+
+
+def _single_signer(signed_data):
+    signer_infos = signed_data["signer_infos"]
+    if len(signer_infos) != 1:
+        raise AuthError(f"Mdm-Signature must have exactly one signer, has {len(signer_infos)}")
+    return signer_infos[0]
+
+
+def _signer_certificate(signed_data, signer_info) -> x509.Certificate:
+    sid = signer_info["sid"]
+    for choice in signed_data["certificates"] or []:
+        if choice.name != "certificate":
+            continue
+        cert = choice.chosen
+        if sid.name == "issuer_and_serial_number":
+            match = (cert.issuer == sid.chosen["issuer"]
+                     and cert.serial_number == sid.chosen["serial_number"].native)
+        else:
+            match = cert.key_identifier == sid.chosen.native
+        if match:
+            return x509.load_der_x509_certificate(cert.dump())
+    raise AuthError("Mdm-Signature does not contain the signer's certificate")
+
+
+def check_issued_by_ca(cert: x509.Certificate, ca_cert: x509.Certificate, now: datetime | None = None) -> None:
+    """Directly issued by our CA (our SCEP CA signs device identities itself) and valid right now."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise AuthError("signer certificate was not issued by our CA") from None
+    now = now or datetime.now(timezone.utc)
+    if now < cert.not_valid_before_utc:
+        raise AuthError("signer certificate is not yet valid")
+    if now > cert.not_valid_after_utc:
+        raise AuthError("signer certificate has expired")
+
+
+def _verify_signer_info(signer_info, cert: x509.Certificate, body: bytes) -> None:
+    digest_name = signer_info["digest_algorithm"]["algorithm"].native
+    if digest_name not in _DIGESTS:
+        raise AuthError(f"unsupported digest algorithm {digest_name}")
+    signature = signer_info["signature"].native
+    signed_attrs = signer_info["signed_attrs"]
+    if signed_attrs.native is not None and len(signed_attrs):
+        _check_signed_attributes(signed_attrs, digest_name, body)
+        # RFC 5652 5.4: the signature covers the DER of the attributes as a SET OF (tag 0x31),
+        # not the [0] IMPLICIT form they are carried in. asn1crypto keeps the received bytes.
+        signed_bytes = b"\x31" + signed_attrs.dump()[1:]
+    else:
+        signed_bytes = body
+    _verify_raw_signature(cert, signer_info["signature_algorithm"], signature, signed_bytes, digest_name)
+
+
+def _check_signed_attributes(signed_attrs, digest_name: str, body: bytes) -> None:
+    digests = [a["values"][0].native for a in signed_attrs if a["type"].native == "message_digest"]
+    if len(digests) != 1:
+        raise AuthError("signed attributes must carry exactly one messageDigest")
+    content_types = [a["values"][0].native for a in signed_attrs if a["type"].native == "content_type"]
+    if content_types and content_types != ["data"]:
+        raise AuthError("signed content type is not data")
+    actual = _HASHLIB[digest_name](body).digest()
+    if not hmac.compare_digest(digests[0], actual):
+        raise AuthError("Mdm-Signature does not match the request body")
+
+
+def _verify_raw_signature(cert, algorithm, signature: bytes, data: bytes, digest_name: str) -> None:
+    algo = algorithm["algorithm"].native
+    public_key = cert.public_key()
+    hash_algorithm = _DIGESTS[digest_name]()
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            if algo not in ("rsassa_pkcs1v15", f"{digest_name}_rsa"):
+                raise AuthError(f"unsupported signature algorithm {algo}")
+            public_key.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            if algo not in ("ecdsa", f"{digest_name}_ecdsa"):
+                raise AuthError(f"unsupported signature algorithm {algo}")
+            public_key.verify(signature, data, ec.ECDSA(hash_algorithm))
+        else:
+            raise AuthError("unsupported signer key type")
+    except InvalidSignature:
+        raise AuthError("Mdm-Signature signature is invalid") from None
+
+
+# --- a certificate forwarded by a trusted proxy ---------------------------------------------------------
+
+def proxy_certificate(config, remote_addr: str | None, headers) -> x509.Certificate | None:
+    """The client certificate a trusted proxy forwarded (URL-encoded PEM, like nginx's
+    $ssl_client_escaped_cert), or None when the feature is off, the header absent, or the sender is not
+    a trusted proxy (then the header is ignored and the Mdm-Signature is required)."""
+    header = (config.get("TRUSTED_PROXY_CERT_HEADER") or "").strip()
+    if not header or not headers.get(header):
+        return None
+    if not _is_trusted_proxy(config.get("TRUSTED_PROXY_ADDRESSES") or "", remote_addr):
+        log.warning("ignoring %s header from untrusted address %s", header, remote_addr)
+        return None
+    try:
+        return x509.load_pem_x509_certificate(unquote(headers[header]).encode())
+    except ValueError:
+        raise AuthError(f"{header} header is not a URL-encoded PEM certificate") from None
+
+
+def _is_trusted_proxy(addresses: str, remote_addr: str | None) -> bool:
+    if not remote_addr:
+        return False
+    try:
+        remote = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return False
+    for item in addresses.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            if remote in ipaddress.ip_network(item, strict=False):
+                return True
+        except ValueError:
+            log.warning("TRUSTED_PROXY_ADDRESSES entry %r is not an address or network", item)
+    return False
+
+
+def identify(config, remote_addr: str | None, headers, body: bytes, ca_cert: x509.Certificate) -> Identity:
+    """The verified identity certificate of this request (proxy-forwarded when allowed, else the signature)."""
+    cert = proxy_certificate(config, remote_addr, headers)
+    if cert is not None:
+        check_issued_by_ca(cert, ca_cert)
+        return Identity(cert, fingerprint(cert), "proxy")
+    cert = verify_mdm_signature(headers.get(SIGNATURE_HEADER), body, ca_cert)
+    return Identity(cert, fingerprint(cert), "signature")
+
+
+# --- binding certificates to devices ---------------------------------------------------------------------
+
+def authorize(identity: Identity, udid: str, *, enrolling: bool) -> Device | None:
+    """Check the certificate may speak for ``udid``. Returns the device (None only when ``enrolling`` and
+    the device is new). Raises AuthError. A renewal is bound here; for Authenticate call ``bind`` once
+    the device row exists."""
+    issued = _issued_record(identity)
+    if issued is None:
+        raise AuthError("signer certificate was not issued by our SCEP service")
+    bound = DeviceCertificate.query.filter_by(sha256=identity.sha256).one_or_none()
+    device = Device.query.filter_by(udid=udid).one_or_none()
+    if bound is not None:
+        if device is None or bound.device_id != device.id:
+            raise AuthError("certificate is bound to another device")
+        return device
+    if enrolling:
+        return device            # Authenticate: the certificate is bound to this UDID next
+    if device is None:
+        raise AuthError("unknown device: Authenticate first")
+    if _is_renewal_for(identity, issued, device):
+        bind(identity, device)
+        log.info("renewed identity certificate for %s", device.udid)
+        return device
+    raise AuthError("certificate is not bound to this device")
+
+
+def _issued_record(identity: Identity) -> IssuedCertificate | None:
+    # Fingerprints are stored as hex; tolerate either case from the SCEP side.
+    return IssuedCertificate.query.filter(
+        IssuedCertificate.sha256.in_([identity.sha256, identity.sha256.upper()])).first()
+
+
+def _is_renewal_for(identity: Identity, issued: IssuedCertificate, device: Device) -> bool:
+    """A certificate our CA issued as a renewal of one bound to this device: either the SCEP service
+    recorded which certificate signed the RenewalReq (``renewed_from_sha256``), or it carries the same
+    subject as a bound one (renewal keeps the subject, and our enrollment subjects are unique per profile
+    download, CN=mdm-device-<uuid>, so the subject names the enrollment)."""
+    bound = DeviceCertificate.query.filter_by(device_id=device.id)
+    renewed_from = (getattr(issued, "renewed_from_sha256", None) or "").lower()
+    if renewed_from and bound.filter_by(sha256=renewed_from).first() is not None:
+        return True
+    return bound.filter_by(subject=identity.subject[:255]).first() is not None
+
+
+def bind(identity: Identity, device: Device) -> DeviceCertificate:
+    """Record that this certificate speaks for ``device`` (idempotent; in the current transaction)."""
+    row = DeviceCertificate.query.filter_by(sha256=identity.sha256).one_or_none()
+    if row is None:
+        row = DeviceCertificate(device_id=device.id, sha256=identity.sha256, serial=identity.serial,
+                                subject=identity.subject[:255],
+                                not_after=identity.cert.not_valid_after_utc.replace(tzinfo=None))
+        db.session.add(row)
+        log.info("bound certificate %s to device %s", identity.sha256[:16], device.udid)
+    return row
+

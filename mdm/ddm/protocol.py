@@ -1,0 +1,59 @@
+"""The DeclarativeManagement check-in endpoints, called by the check-in handler with the decoded Data.
+
+tokens -> TokensResponse; declaration-items -> DeclarationItemsResponse; declaration/<type>/<identifier>
+-> the declaration (404 when it is not in this device's set); status -> status intake, 200 empty body.
+Policy state never causes a 4xx/5xx here: the set is computed without what cannot be computed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from ..extensions import db
+from . import status as status_intake
+from . import sync
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def _json(value: dict) -> tuple[int, bytes, str]:
+    return 200, json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), JSON
+
+
+def _refuse(code: int, device, endpoint: str, reason: str) -> tuple[int, bytes, str]:
+    log.warning("DeclarativeManagement %s from device %s refused (%d): %s", endpoint[:80], device.id, code, reason)
+    return code, reason.encode(), "text/plain; charset=utf-8"
+
+
+def handle_declarative_management(device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
+    """(HTTP status, body, content type) for one DeclarativeManagement check-in. Commits what it stores."""
+    endpoint = endpoint or ""
+    if endpoint == "tokens":
+        row = sync.current_set(device)
+        db.session.commit()
+        return _json({"SyncTokens": sync.sync_tokens(row)})
+    if endpoint == "declaration-items":
+        row = sync.current_set(device)
+        db.session.commit()
+        return _json(sync.manifest(row))
+    if endpoint.startswith("declaration/"):
+        parts = endpoint.split("/", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            return _refuse(400, device, endpoint, "declaration endpoint must be declaration/<type>/<identifier>")
+        # Serve from the stored set: the one whose manifest the device just fetched.
+        row = sync.stored_set(device)
+        db.session.commit()
+        item = sync.find_declaration(row, parts[1], parts[2])
+        if item is None:
+            return _refuse(404, device, endpoint, "declaration not in this device's set")
+        return _json(item)
+    if endpoint == "status":
+        try:
+            status_intake.ingest(device, data)
+        except status_intake.StatusReportError as exc:
+            db.session.rollback()
+            return _refuse(400, device, endpoint, f"status report refused: {exc}")
+        return 200, b"", JSON
+    return _refuse(400, device, endpoint, "unknown DeclarativeManagement endpoint")

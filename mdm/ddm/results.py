@@ -1,0 +1,281 @@
+"""Per-device results of iOS patch policies: what state each device is in, from facts we store.
+
+Inputs: the device's stored patch plan (target, deadline), the declaration set we serve it, and the
+status it reported. The state is stored per (policy, device) with a history row for every change, so
+the UI and the CLI read facts. States, first match wins:
+
+  Not applicable  not iOS, iOS below 17, no target (model unknown, no candidate...), enforcement off
+  Compliant       installed version at or above the target
+  Unknown         no status report for DDM_STATUS_STALE_HOURS (default 72) or never
+  Failed          softwareupdate.failure-reason count > 0, install-state failed, or our declaration invalid
+  Pending         declaration sent but the device has not reported this version of it yet
+  Downloading / Prepared / Installing   softwareupdate.install-state
+  Overdue         the deadline passed and the device is not on the target
+  Scheduled       target and deadline known, the declaration reported valid and active
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+
+from ..extensions import db
+from ..models import Device, utcnow
+from . import declarations as decl
+from .state_models import DeclarationSet, DeviceStatus, PolicyResult, PolicyResultChange
+from .status import item
+
+COMPLIANT = "Compliant"
+SCHEDULED = "Scheduled"
+DOWNLOADING = "Downloading"
+PREPARED = "Prepared"
+INSTALLING = "Installing"
+OVERDUE = "Overdue"
+FAILED = "Failed"
+NOT_APPLICABLE = "Not applicable"
+PENDING = "Pending"
+UNKNOWN = "Unknown"
+
+_INSTALL_STATES = {"downloading": DOWNLOADING, "prepared": PREPARED, "installing": INSTALLING}
+_UNSET = object()
+
+
+@dataclass
+class DeviceResult:
+    policy_id: int | None
+    policy_name: str | None
+    device_id: int
+    udid: str
+    device_name: str | None
+    state: str
+    detail: str
+    target_version: str | None = None
+    target_build: str | None = None
+    deadline_local: str | None = None
+    deadline_utc: datetime | None = None
+    os_version: str | None = None
+    build_version: str | None = None
+    reported_at: datetime | None = None
+    state_since: datetime | None = None
+    updated_at: datetime | None = None
+    reasons: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat() + "Z"
+        for change in data["history"]:
+            change["changed_at"] = change["changed_at"].isoformat() + "Z"
+        return data
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    state: str
+    detail: str
+    reasons: tuple[str, ...] = ()
+
+
+def _stale_after() -> timedelta:
+    return timedelta(hours=float(current_app.config.get("DDM_STATUS_STALE_HOURS", 72)))
+
+
+def _reason_codes(entry: dict | None) -> tuple[str, ...]:
+    return tuple(r.get("code", "") for r in (entry or {}).get("reasons") or [])
+
+
+def evaluate(device, plan, declaration_set: DeclarationSet | None, status: DeviceStatus | None,
+             now: datetime) -> Evaluation:
+    """The state of one policy's plan on one device (pure: reads only its arguments)."""
+    if not device.runs_ios:
+        return Evaluation(NOT_APPLICABLE, "not an iOS device")
+    installed = decl.version_tuple(device.os_version)
+    if installed < decl.ENFORCEMENT_MIN_IOS:
+        return Evaluation(NOT_APPLICABLE, f"iOS {device.os_version or 'unknown'} is below 17")
+    target = plan.target_version
+    if plan.compliant or (target and installed >= decl.version_tuple(target)):
+        return Evaluation(COMPLIANT, f"on {device.os_version}" + (f", target {target}" if target else ""))
+
+    served = {d["Identifier"]: d for d in (declaration_set.declarations if declaration_set else [])}
+    enforcement_id = decl.enforcement_identifier(plan.policy_id)
+    settings_id = decl.settings_identifier(plan.policy_id)
+    if enforcement_id not in served:
+        if not plan.settings.enforce:
+            if not device.is_supervised:
+                return Evaluation(NOT_APPLICABLE, "enforcement is off and the policy's settings need a "
+                                                  "supervised device")
+            return Evaluation(NOT_APPLICABLE, "enforcement is off in the policy")
+        return Evaluation(NOT_APPLICABLE, plan.reason or "no target release")
+
+    last = status.last_report_at if status else None
+    if last is None or now - last > _stale_after():
+        when = f"since {last.isoformat(timespec='minutes')}Z" if last else "yet"
+        sent_recently = declaration_set is not None and now - declaration_set.changed_at <= _stale_after()
+        if last is None and sent_recently:
+            return Evaluation(PENDING, "sent; no status report yet")
+        return Evaluation(UNKNOWN, f"no status report {when}")
+
+    reported = status.declarations or {}
+    entry = reported.get(enforcement_id)
+    failure = item(status.items or {}, "softwareupdate.failure-reason") or {}
+    if isinstance(failure.get("count"), int) and failure["count"] > 0:
+        why = failure.get("reason") or "no reason given"
+        return Evaluation(FAILED, f"update failed {failure['count']} time(s): {why}")
+    for identifier in (enforcement_id, settings_id):
+        seen = reported.get(identifier)
+        if identifier in served and seen and seen["current"] and seen["valid"] == "invalid":
+            codes = _reason_codes(seen)
+            return Evaluation(FAILED, f"declaration {identifier} invalid: {', '.join(codes) or 'no reason'}", codes)
+    install_state = item(status.items or {}, "softwareupdate.install-state")
+    if install_state == "failed":
+        return Evaluation(FAILED, "install-state failed")
+    if entry is None or not entry["current"]:
+        return Evaluation(PENDING, "sent; the device has not reported this version of the declaration yet")
+    if install_state in _INSTALL_STATES:
+        pending = item(status.items or {}, "softwareupdate.pending-version") or {}
+        return Evaluation(_INSTALL_STATES[install_state],
+                          f"{install_state} {pending.get('os-version') or target}")
+    if plan.deadline_utc and now > plan.deadline_utc:
+        return Evaluation(OVERDUE, f"deadline {plan.deadline_local} passed; still on {device.os_version}")
+    if entry["valid"] == "valid" and entry["active"]:
+        return Evaluation(SCHEDULED, f"{target} by {plan.deadline_local} device time")
+    return Evaluation(PENDING, f"declaration reported {entry['valid']}, active={entry['active']}")
+
+
+def record_device_results(device, plan=_UNSET, declaration_set: DeclarationSet | None = None) -> list[PolicyResult]:
+    """Recompute and store this device's result for the policy that reaches it; drop results of policies
+    that no longer reach it (their history stays). The caller commits."""
+    if plan is _UNSET:
+        from .sync import plan_for
+        plan, _ = plan_for(device) if device.runs_ios else (None, None)
+    now = utcnow()
+    rows = {r.policy_id: r for r in PolicyResult.query.filter_by(device_id=device.id)}
+    kept = []
+    if plan is not None:
+        declaration_set = declaration_set or db.session.get(DeclarationSet, device.id)
+        evaluation = evaluate(device, plan, declaration_set, db.session.get(DeviceStatus, device.id), now)
+        detail = evaluation.detail
+        if plan.conflicts:
+            detail += f" (won over: {', '.join(plan.conflicts)})"
+        kept.append(_upsert(rows.pop(plan.policy_id, None), device, plan, evaluation.state, detail, now))
+    for gone in rows.values():
+        _change(gone, "Removed", "the policy no longer reaches this device", now)
+        db.session.delete(gone)
+    return kept
+
+
+def _upsert(row, device, plan, state, detail, now) -> PolicyResult:
+    facts = dict(policy_name=plan.policy_name, target_version=plan.target_version, target_build=plan.target_build,
+                 deadline_local=plan.deadline_local, deadline_utc=plan.deadline_utc)
+    if row is None:
+        row = PolicyResult(policy_id=plan.policy_id, device_id=device.id, state=state, detail=detail,
+                           state_since=now, updated_at=now, **facts)
+        db.session.add(row)
+        _change(row, state, detail, now, previous=None)
+        return row
+    moved = (row.state != state or row.target_version != plan.target_version
+             or row.deadline_local != plan.deadline_local)
+    if row.state != state:
+        row.state_since = now
+    if moved:
+        _change(row, state, detail, now, previous=row.state, target=plan.target_version,
+                deadline=plan.deadline_local)
+    row.state, row.detail, row.updated_at = state, detail, now
+    for key, value in facts.items():
+        setattr(row, key, value)
+    return row
+
+
+def _change(row, state, detail, now, previous=_UNSET, target=_UNSET, deadline=_UNSET) -> None:
+    db.session.add(PolicyResultChange(
+        policy_id=row.policy_id, device_id=row.device_id, changed_at=now, state=state,
+        previous_state=row.state if previous is _UNSET else previous, detail=detail,
+        target_version=row.target_version if target is _UNSET else target,
+        deadline_local=row.deadline_local if deadline is _UNSET else deadline))
+
+
+def _as_result(row: PolicyResult, device, status: DeviceStatus | None, with_history: bool) -> DeviceResult:
+    history = []
+    if with_history:
+        history = [{"changed_at": c.changed_at, "state": c.state, "previous_state": c.previous_state,
+                    "detail": c.detail, "target_version": c.target_version, "deadline_local": c.deadline_local}
+                   for c in PolicyResultChange.query.filter_by(policy_id=row.policy_id, device_id=row.device_id)
+                   .order_by(PolicyResultChange.id)]
+    codes = []
+    if status and row.state == FAILED:
+        for identifier in (decl.enforcement_identifier(row.policy_id), decl.settings_identifier(row.policy_id)):
+            codes += list(_reason_codes((status.declarations or {}).get(identifier)))
+    return DeviceResult(
+        policy_id=row.policy_id, policy_name=row.policy_name, device_id=device.id, udid=device.udid,
+        device_name=device.device_name, state=row.state, detail=row.detail or "",
+        target_version=row.target_version, target_build=row.target_build, deadline_local=row.deadline_local,
+        deadline_utc=row.deadline_utc, os_version=device.os_version, build_version=device.build_version,
+        reported_at=status.last_report_at if status else None, state_since=row.state_since,
+        updated_at=row.updated_at, reasons=codes, history=history)
+
+
+def results_for_device(device, with_history: bool = True) -> list[DeviceResult]:
+    """The device's current result (recomputed now), plus a Not applicable line per losing policy."""
+    rows = record_device_results(device)
+    db.session.commit()
+    status = db.session.get(DeviceStatus, device.id)
+    results = [_as_result(row, device, status, with_history) for row in rows]
+    from .sync import plan_for
+    plan, _ = plan_for(device) if device.runs_ios else (None, None)
+    for name in (plan.conflicts if plan else ()):
+        results.append(DeviceResult(policy_id=None, policy_name=name, device_id=device.id, udid=device.udid,
+                                    device_name=device.device_name, state=NOT_APPLICABLE,
+                                    detail=f"superseded by {plan.policy_name} ({plan.binding})",
+                                    os_version=device.os_version, build_version=device.build_version))
+    return results
+
+
+def results_for_policy(policy_id: int, with_history: bool = True) -> list[DeviceResult]:
+    """Every device this policy reaches, recomputed now and ordered by device: the devices it won (stored,
+    with history), plus Not applicable lines for bound devices it does not apply to (not iOS, or another
+    policy won)."""
+    stored_ids = {r.device_id for r in PolicyResult.query.filter_by(policy_id=policy_id)}
+    reached = set(stored_ids)
+    try:
+        from .policies import devices_reached
+        reached |= devices_reached(policy_id)
+    except ModuleNotFoundError as exc:
+        if exc.name != "mdm.ddm.policies":
+            raise
+    from .sync import plan_for
+    results = []
+    ids = sorted(reached)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        statuses = {s.device_id: s for s in DeviceStatus.query.filter(DeviceStatus.device_id.in_(chunk))}
+        pending = []
+        for device in Device.query.filter(Device.id.in_(chunk)).order_by(Device.id):
+            plan, _ = plan_for(device) if device.runs_ios else (None, None)
+            rows = record_device_results(device, plan)
+            mine = [row for row in rows if row.policy_id == policy_id]
+            if mine:
+                pending.append((mine[0], device))
+            else:
+                pending.append((_not_applied(policy_id, device, plan), device))
+        db.session.commit()
+        for row, device in pending:
+            if isinstance(row, DeviceResult):
+                results.append(row)
+            else:
+                results.append(_as_result(row, device, statuses.get(device.id), with_history))
+    return results
+
+
+def _not_applied(policy_id: int, device, plan) -> DeviceResult:
+    if not device.runs_ios:
+        detail = "not an iOS device"
+    elif plan is not None:
+        detail = f"superseded by {plan.policy_name} ({plan.binding})"
+    else:
+        detail = "the policy does not apply to this device"
+    return DeviceResult(policy_id=policy_id, policy_name=None, device_id=device.id, udid=device.udid,
+                        device_name=device.device_name, state=NOT_APPLICABLE, detail=detail,
+                        os_version=device.os_version, build_version=device.build_version)

@@ -1,0 +1,293 @@
+"""Status intake: validate a DDM status report, merge it into the device's stored status, update facts.
+
+Rules (declarative/protocol/statusreport.yaml and declarative/status/*.yaml):
+- StatusItems is a nested dictionary; "device.operating-system.version" is StatusItems.device.
+  operating-system.version. Known items are type-checked; unknown items are kept but ignored.
+- Incremental reports replace the items they contain. Array items merge element by element (by
+  ``identifier``); an element with ``_removed: true`` is deleted. ``FullReport: true`` replaces everything.
+- Anything malformed raises StatusReportError before anything is stored (the endpoint answers 400).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+from flask import current_app
+
+from ..extensions import db
+from ..models import utcnow
+from .state_models import DeclarationSet, DeviceStatus, StatusReport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPORTS_KEPT = 20
+DECLARATION_KINDS = ("activations", "configurations", "assets", "management")
+VALID_STATES = ("unknown", "invalid", "valid")
+# Devices also send a user-channel push token in status; it is a secret and is not stored.
+_SECRET_PATHS = {"management.push-token"}
+
+
+class StatusReportError(ValueError):
+    """The report is malformed; the message says why."""
+
+
+# ---- known item validators ------------------------------------------------------------------------
+def _string(name, value):
+    if not isinstance(value, str):
+        raise StatusReportError(f"{name} must be a string")
+
+
+def _dict_with(required: dict, optional: dict | None = None):
+    def check(name, value):
+        if not isinstance(value, dict):
+            raise StatusReportError(f"{name} must be a dictionary")
+        for key, kind in required.items():
+            if key not in value:
+                raise StatusReportError(f"{name} is missing {key}")
+        for key, kind in {**required, **(optional or {})}.items():
+            if key in value and not _is(value[key], kind):
+                raise StatusReportError(f"{name}.{key} must be {kind.__name__}")
+    return check
+
+
+def _is(value, kind) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _install_reason(name, value):
+    _dict_with({"reason": list}, {"declaration-id": str})(name, value)
+    if not all(isinstance(r, str) for r in value["reason"]):
+        raise StatusReportError(f"{name}.reason must be a list of strings")
+
+
+def _management_declarations(name, value):
+    if not isinstance(value, dict):
+        raise StatusReportError(f"{name} must be a dictionary")
+    for kind in DECLARATION_KINDS:
+        entries = value.get(kind, [])
+        if not isinstance(entries, list):
+            raise StatusReportError(f"{name}.{kind} must be an array")
+        for i, entry in enumerate(entries):
+            where = f"{name}.{kind}[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("identifier"), str):
+                raise StatusReportError(f"{where} must be a dictionary with a string identifier")
+            if entry.get("_removed") is True:
+                continue
+            if not isinstance(entry.get("server-token"), str):
+                raise StatusReportError(f"{where}.server-token must be a string")
+            if not isinstance(entry.get("active"), bool):
+                raise StatusReportError(f"{where}.active must be a boolean")
+            if entry.get("valid") not in VALID_STATES:
+                raise StatusReportError(f"{where}.valid must be one of {', '.join(VALID_STATES)}")
+            reasons = entry.get("reasons", [])
+            if not isinstance(reasons, list) or not all(
+                    isinstance(r, dict) and isinstance(r.get("code"), str) for r in reasons):
+                raise StatusReportError(f"{where}.reasons must be an array of dictionaries with a code")
+
+
+KNOWN_ITEMS = {
+    "device.model.identifier": _string,
+    "device.operating-system.version": _string,
+    "device.operating-system.build-version": _string,
+    "device.operating-system.supplemental.build-version": _string,
+    "device.operating-system.supplemental.extra-version": _string,
+    "management.declarations": _management_declarations,
+    "softwareupdate.beta-enrollment": _string,
+    "softwareupdate.device-id": _string,
+    "softwareupdate.install-state": _string,
+    "softwareupdate.pending-version": _dict_with({"os-version": str, "build-version": str}),
+    "softwareupdate.failure-reason": _dict_with({"count": int}, {"reason": str, "timestamp": str}),
+    "softwareupdate.install-reason": _install_reason,
+}
+
+
+# ---- parsing ----------------------------------------------------------------------------------------
+def parse_report(data: bytes | None) -> dict:
+    """The decoded, validated report. Raises StatusReportError."""
+    if not data:
+        raise StatusReportError("no Data")
+    try:
+        report = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StatusReportError(f"Data is not JSON ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise StatusReportError("Data nested too deeply") from None
+    if not isinstance(report, dict):
+        raise StatusReportError("report must be a JSON object")
+    items = report.get("StatusItems")
+    if not isinstance(items, dict):
+        raise StatusReportError("StatusItems must be a dictionary")
+    errors = report.get("Errors", [])
+    if not isinstance(errors, list):
+        raise StatusReportError("Errors must be an array")
+    for i, error in enumerate(errors):
+        if not isinstance(error, dict) or not isinstance(error.get("StatusItem"), str):
+            raise StatusReportError(f"Errors[{i}] must be a dictionary with a StatusItem")
+        reasons = error.get("Reasons", [])
+        if not isinstance(reasons, list) or not all(isinstance(r, dict) and isinstance(r.get("Code"), str)
+                                                    for r in reasons):
+            raise StatusReportError(f"Errors[{i}].Reasons must be an array of dictionaries with a Code")
+    if "FullReport" in report and not isinstance(report["FullReport"], bool):
+        raise StatusReportError("FullReport must be a boolean")
+    _validate_tree(items, "")
+    return report
+
+
+def _validate_tree(node: dict, prefix: str) -> None:
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        check = KNOWN_ITEMS.get(name)
+        if check is not None:
+            check(name, value)
+        elif isinstance(value, dict):
+            _validate_tree(value, name + ".")
+
+
+def _redact(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if name in _SECRET_PATHS:
+            continue
+        out[key] = _redact(value, name + ".") if isinstance(value, dict) and name not in KNOWN_ITEMS else value
+    return out
+
+
+# ---- merging ----------------------------------------------------------------------------------------
+def merge(stored: dict, incoming: dict, prefix: str = "") -> dict:
+    """Incremental merge: known items are replaced whole; arrays merge by identifier with _removed."""
+    result = copy.deepcopy(stored)
+    for key, value in incoming.items():
+        name = f"{prefix}{key}"
+        if name == "management.declarations":
+            result[key] = _merge_declarations(result.get(key) or {}, value)
+        elif name in KNOWN_ITEMS or not isinstance(value, (dict, list)):
+            result[key] = copy.deepcopy(value)
+        elif isinstance(value, dict):
+            result[key] = merge(result.get(key) if isinstance(result.get(key), dict) else {}, value, name + ".")
+        else:
+            result[key] = _merge_array(result.get(key) if isinstance(result.get(key), list) else [], value)
+    return result
+
+
+def _merge_declarations(stored: dict, incoming: dict) -> dict:
+    result = copy.deepcopy(stored)
+    for kind in DECLARATION_KINDS:
+        if kind in incoming:
+            result[kind] = _merge_array(result.get(kind) or [], incoming[kind])
+        result.setdefault(kind, [])
+    return result
+
+
+def _merge_array(stored: list, incoming: list) -> list:
+    if not all(isinstance(e, dict) and "identifier" in e for e in incoming):
+        return _without_removed(incoming)   # no element identity: the array is replaced
+    by_id = {e.get("identifier"): e for e in stored if isinstance(e, dict)}
+    for element in incoming:
+        if element.get("_removed") is True:
+            by_id.pop(element["identifier"], None)
+        else:
+            by_id[element["identifier"]] = copy.deepcopy(element)
+    return list(by_id.values())
+
+
+def _without_removed(value):
+    if isinstance(value, list):
+        return [_without_removed(e) for e in value if not (isinstance(e, dict) and e.get("_removed") is True)]
+    if isinstance(value, dict):
+        return {k: _without_removed(v) for k, v in value.items()}
+    return value
+
+
+def item(tree: dict, name: str):
+    """The value of a dotted status item in a StatusItems tree, or None."""
+    node = tree
+    for part in _split(name):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _split(name: str) -> list[str]:
+    # "device.operating-system.supplemental.build-version" -> tree path; "management.declarations" too.
+    return name.split(".")
+
+
+def flatten_declarations(tree: dict, declaration_set: DeclarationSet | None) -> dict:
+    """identifier -> {kind, server_token, active, valid, reasons, current}; current = the token the device
+    reports is the one in the set we serve it now."""
+    ours = {d["Identifier"]: d["ServerToken"] for d in (declaration_set.declarations if declaration_set else [])}
+    flat = {}
+    for kind in DECLARATION_KINDS:
+        for entry in (item(tree, "management.declarations") or {}).get(kind, []):
+            identifier = entry["identifier"]
+            flat[identifier] = {
+                "kind": kind, "server_token": entry.get("server-token"), "active": entry.get("active"),
+                "valid": entry.get("valid"), "reasons": entry.get("reasons", []),
+                "current": ours.get(identifier) == entry.get("server-token"),
+            }
+    return flat
+
+
+# ---- intake -----------------------------------------------------------------------------------------
+_FACTS = (("device.operating-system.version", "os_version"),
+          ("device.operating-system.build-version", "build_version"),
+          ("device.model.identifier", "product_name"),
+          ("softwareupdate.device-id", "software_update_device_id"))
+
+
+def ingest(device, data: bytes | None) -> DeviceStatus:
+    """Store one status report (raw, bounded) and the merged status; update device facts. Commits."""
+    report = parse_report(data)
+    items = _redact(report["StatusItems"])
+    full = bool(report.get("FullReport", False))
+    now = utcnow()
+
+    status = db.session.get(DeviceStatus, device.id)
+    if status is None:
+        status = DeviceStatus(device_id=device.id, items={}, errors=[], declarations={}, report_count=0)
+        db.session.add(status)
+    status.items = _without_removed(items) if full else merge(status.items or {}, items)
+    status.errors = report.get("Errors", [])
+    status.declarations = flatten_declarations(status.items, db.session.get(DeclarationSet, device.id))
+    status.last_report_at = now
+    status.report_count = (status.report_count or 0) + 1
+    if full:
+        status.last_full_report_at = now
+    _keep_raw(device, {**report, "StatusItems": items}, full, now)
+
+    changed = set()
+    for name, attribute in _FACTS:
+        value = item(items, name)
+        if isinstance(value, str) and value and getattr(device, attribute) != value:
+            setattr(device, attribute, value)
+            changed.add(attribute)
+    db.session.flush()
+    if changed:
+        from ..signals import device_facts_changed
+        device_facts_changed.send(device, changed=changed)
+    db.session.commit()
+
+    from .results import record_device_results
+    from .sync import refresh_devices
+    if changed & {"os_version", "build_version", "product_name", "software_update_device_id"}:
+        refresh_devices([device.id])   # e.g. 17 -> 18: settings declaration now applies; commits
+    else:
+        record_device_results(device)
+        db.session.commit()
+    return status
+
+
+def _keep_raw(device, report: dict, full: bool, now) -> None:
+    db.session.add(StatusReport(device_id=device.id, received_at=now, full_report=full,
+                                body=json.dumps(report, separators=(",", ":"), ensure_ascii=False)))
+    db.session.flush()
+    kept = int(current_app.config.get("DDM_STATUS_REPORTS_KEPT", DEFAULT_REPORTS_KEPT))
+    old_ids = [r.id for r in StatusReport.query.with_entities(StatusReport.id)
+               .filter_by(device_id=device.id).order_by(StatusReport.id.desc()).offset(kept)]
+    if old_ids:
+        StatusReport.query.filter(StatusReport.id.in_(old_ids)).delete(synchronize_session=False)

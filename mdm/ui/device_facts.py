@@ -1,0 +1,136 @@
+"""What the DDM room stored about one device, shaped for display: declarations with the status the
+device reported, and per-policy results with their history. Read-only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..extensions import db
+from ..models import utcnow
+from .rooms import service
+
+
+@dataclass
+class DeclarationRow:
+    identifier: str
+    type: str
+    server_token: str
+    active: bool | None = None
+    valid: str | None = None       # "valid" | "invalid" | "unknown" as the device reported
+    reasons: list = field(default_factory=list)
+    current: bool | None = None    # the device's server token matches what we serve
+
+
+@dataclass
+class ResultRow:
+    policy_id: int
+    policy_name: str
+    state: str
+    detail: str | None
+    target_version: str | None
+    target_build: str | None
+    deadline_local: str | None
+    deadline_utc: datetime | None
+    state_since: datetime | None
+    updated_at: datetime | None
+    history: list = field(default_factory=list)
+
+    @property
+    def countdown(self) -> str | None:
+        """"3d 4h" until the deadline, "overdue 2h" after it, None without a deadline."""
+        if not self.deadline_utc:
+            return None
+        seconds = int((self.deadline_utc - utcnow()).total_seconds())
+        text = _span(abs(seconds))
+        return text if seconds >= 0 else f"overdue {text}"
+
+    @property
+    def badge(self) -> str:
+        return state_badge(self.state)
+
+
+def state_badge(state: str | None) -> str:
+    if state == "Compliant":
+        return "ok"
+    if state in ("Overdue", "Failed"):
+        return "bad"
+    if state in ("Scheduled", "Downloading", "Prepared", "Installing", "Pending"):
+        return "info"
+    if state == "Unknown":
+        return "warn"
+    return ""
+
+
+def _span(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def declarations_for(device) -> list[DeclarationRow]:
+    try:
+        from ..ddm.state_models import DeclarationSet, DeviceStatus
+    except ImportError:
+        return []
+    dset = db.session.get(DeclarationSet, device.id)
+    status = db.session.get(DeviceStatus, device.id)
+    reported = (status.declarations if status else None) or {}
+    rows = []
+    for decl in (dset.declarations if dset else None) or []:
+        ident = decl.get("Identifier", "")
+        seen = reported.get(ident) or {}
+        rows.append(DeclarationRow(identifier=ident, type=decl.get("Type", ""),
+                                   server_token=decl.get("ServerToken", ""),
+                                   active=seen.get("active"), valid=seen.get("valid"),
+                                   reasons=seen.get("reasons") or [], current=seen.get("current")))
+    return rows
+
+
+def declaration_notes_for(device) -> list:
+    try:
+        from ..ddm.state_models import DeclarationSet
+    except ImportError:
+        return []
+    dset = db.session.get(DeclarationSet, device.id)
+    return list((dset.notes if dset else None) or [])
+
+
+def policy_results_for(device) -> list[ResultRow]:
+    """Results through the DDM results service when present, else the stored rows."""
+    rows = []
+    results_for_device = service("mdm.ddm.results", "results_for_device")
+    if results_for_device is not None:
+        for r in results_for_device(device):
+            rows.append(_row_from(r))
+    else:
+        try:
+            from ..ddm.state_models import PolicyResult
+        except ImportError:
+            return []
+        for r in PolicyResult.query.filter_by(device_id=device.id).order_by(PolicyResult.policy_name):
+            rows.append(_row_from(r))
+    _attach_history(device, rows)
+    return rows
+
+
+def _row_from(r) -> ResultRow:
+    get = (lambda name: r.get(name)) if isinstance(r, dict) else (lambda name: getattr(r, name, None))
+    return ResultRow(policy_id=get("policy_id"), policy_name=get("policy_name") or "", state=get("state") or "Unknown",
+                     detail=get("detail"), target_version=get("target_version"), target_build=get("target_build"),
+                     deadline_local=get("deadline_local"), deadline_utc=get("deadline_utc"),
+                     state_since=get("state_since"), updated_at=get("updated_at"))
+
+
+def _attach_history(device, rows: list[ResultRow]) -> None:
+    try:
+        from ..ddm.state_models import PolicyResultChange
+    except ImportError:
+        return
+    for row in rows:
+        row.history = (PolicyResultChange.query.filter_by(policy_id=row.policy_id, device_id=device.id)
+                       .order_by(PolicyResultChange.id.desc()).limit(20).all())

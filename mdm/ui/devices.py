@@ -1,0 +1,134 @@
+"""Devices: the searchable list with bulk actions, and one device's detail page with live fragments."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from ..accounts import Role
+from ..extensions import db
+from ..models import Command, Device, DeviceCertificate, DeviceGroup, audit
+from . import current_actor, current_source
+from .access import is_htmx, requires
+from .device_query import PATCH_STATES, DeviceFilters, device_page, filter_choices
+from .group_ops import GroupError, add_members
+from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_device_command
+from .device_facts import declarations_for, policy_results_for
+
+bp = Blueprint("devices", __name__, url_prefix="/devices")
+
+
+@bp.route("")
+@requires(Role.ReadOnly)
+def index():
+    filters = DeviceFilters.from_args(request.args)
+    page = device_page(filters)
+    context = {"filters": filters, "page": page, "groups": DeviceGroup.query.order_by(DeviceGroup.name).all(),
+               "choices": filter_choices(), "patch_states": PATCH_STATES, "commands": ADMIN_COMMANDS}
+    if is_htmx() and request.headers.get("HX-Target") == "device-table":
+        return render_template("ui/devices/_table.html", **context)
+    return render_template("ui/devices/index.html", **context)
+
+
+@bp.route("/bulk", methods=["POST"])
+@requires(Role.HelpDesk)
+def bulk():
+    """Add the selected devices to a group (Manager) or queue one command on each (Help Desk)."""
+    ids = [int(i) for i in request.form.getlist("device_id") if i.isdigit()]
+    action = request.form.get("action", "")
+    if not ids:
+        return _bulk_answer("Select at least one device.", error=True)
+    if action == "add_to_group":
+        from flask_login import current_user
+        if not current_user.has_role(Role.Manager):
+            return _bulk_answer("Adding devices to groups needs the Manager role or higher.", error=True, status=403)
+        group = db.session.get(DeviceGroup, request.form.get("group_id", type=int) or 0)
+        if group is None:
+            return _bulk_answer("Choose a group.", error=True)
+        try:
+            added = add_members(group, ids, actor=current_actor(), source=current_source())
+        except GroupError as exc:
+            db.session.rollback()
+            return _bulk_answer(str(exc), error=True)
+        db.session.commit()
+        return _bulk_answer(f"Added {len(added)} device(s) to {group.name} ({len(ids) - len(added)} already there).")
+    if action.startswith("command:"):
+        request_type = action.split(":", 1)[1]
+        devices = Device.query.filter(Device.id.in_(ids)).all()
+        try:
+            for device in devices:
+                queue_device_command(device, request_type, actor=current_actor())
+        except (ValueError, NotAvailable) as exc:
+            db.session.rollback()
+            return _bulk_answer(str(exc), error=True)
+        audit("command.bulk_queue", actor=current_actor(), source=current_source(), object_type="device",
+              object_id=",".join(str(d.id) for d in devices)[:255], after={"request_type": request_type,
+                                                                            "devices": len(devices)})
+        db.session.commit()
+        return _bulk_answer(f"Queued {request_type} for {len(devices)} device(s).")
+    return _bulk_answer("Choose an action.", error=True)
+
+
+def _bulk_answer(message: str, error: bool = False, status: int | None = None):
+    if is_htmx():
+        return render_template("ui/_message.html", message=message, error=error), status or (422 if error else 200)
+    flash(message)
+    return redirect(url_for("devices.index"))
+
+
+def _device_or_404(device_id: int) -> Device:
+    device = db.session.get(Device, device_id)
+    if device is None:
+        abort(404)
+    return device
+
+
+@bp.route("/<int:device_id>")
+@requires(Role.ReadOnly)
+def detail(device_id):
+    device = _device_or_404(device_id)
+    certs = DeviceCertificate.query.filter_by(device_id=device.id).order_by(DeviceCertificate.id.desc()).all()
+    return render_template("ui/devices/detail.html", device=device, certs=certs, commands=ADMIN_COMMANDS,
+                           destructive=DESTRUCTIVE_COMMANDS, command_rows=_command_rows(device),
+                           declarations=declarations_for(device), results=policy_results_for(device),
+                           groups=DeviceGroup.query.order_by(DeviceGroup.name).all())
+
+
+def _command_rows(device: Device):
+    return Command.query.filter_by(device_id=device.id).order_by(Command.id.desc()).limit(50).all()
+
+
+@bp.route("/<int:device_id>/commands")
+@requires(Role.ReadOnly)
+def commands_fragment(device_id):
+    """Polled by the detail page: the command queue and history."""
+    device = _device_or_404(device_id)
+    return render_template("ui/devices/_commands.html", device=device, command_rows=_command_rows(device))
+
+
+@bp.route("/<int:device_id>/commands", methods=["POST"])
+@requires(Role.HelpDesk)
+def queue_command(device_id):
+    device = _device_or_404(device_id)
+    request_type = request.form.get("request_type", "")
+    error = None
+    try:
+        command = queue_device_command(device, request_type, actor=current_actor())
+        audit("command.queue", actor=current_actor(), source=current_source(), object_type="device",
+              object_id=device.id, after={"request_type": request_type,
+                                          "command_uuid": getattr(command, "uuid", None)})
+        db.session.commit()
+    except (ValueError, NotAvailable) as exc:
+        db.session.rollback()
+        error = str(exc)
+    if is_htmx():
+        return render_template("ui/devices/_commands.html", device=device, command_rows=_command_rows(device),
+                               error=error), (422 if error else 200)
+    flash(error or f"Queued {request_type}.")
+    return redirect(url_for("devices.detail", device_id=device.id))
+
+
+@bp.route("/<int:device_id>/results")
+@requires(Role.ReadOnly)
+def results_fragment(device_id):
+    """Polled by the detail page: Policy Results (status, target, deadline, countdown)."""
+    device = _device_or_404(device_id)
+    return render_template("ui/devices/_results.html", device=device, results=policy_results_for(device))

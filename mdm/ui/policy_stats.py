@@ -1,0 +1,120 @@
+"""Per-policy figures for lists, the dashboard and charts, aggregated in SQL from stored results."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from ..extensions import db
+from ..models import utcnow
+
+
+@dataclass
+class Compliance:
+    by_state: dict = field(default_factory=dict)
+
+    @property
+    def in_scope(self) -> int:
+        return sum(n for s, n in self.by_state.items() if s != "Not applicable")
+
+    @property
+    def compliant(self) -> int:
+        return self.by_state.get("Compliant", 0)
+
+    @property
+    def below_target(self) -> int:
+        return self.in_scope - self.compliant
+
+    @property
+    def overdue(self) -> int:
+        return self.by_state.get("Overdue", 0)
+
+    @property
+    def percent(self) -> int | None:
+        return round(100 * self.compliant / self.in_scope) if self.in_scope else None
+
+
+def compliance_by_policy() -> dict[int, Compliance]:
+    try:
+        from ..ddm.state_models import PolicyResult
+    except ImportError:
+        return {}
+    out: dict[int, Compliance] = {}
+    rows = db.session.execute(select(PolicyResult.policy_id, PolicyResult.state, func.count())
+                              .group_by(PolicyResult.policy_id, PolicyResult.state))
+    for policy_id, state, n in rows:
+        out.setdefault(policy_id, Compliance()).by_state[state] = n
+    return out
+
+
+def scope_by_policy() -> dict[int, int]:
+    """Devices whose stored plan names each policy (the devices it actually governs)."""
+    try:
+        from ..ddm.models import DevicePatchTarget
+    except ImportError:
+        return {}
+    rows = db.session.execute(select(DevicePatchTarget.policy_id, func.count())
+                              .where(DevicePatchTarget.policy_id.is_not(None))
+                              .group_by(DevicePatchTarget.policy_id))
+    return dict(rows.all())
+
+
+def upcoming_deadlines(days: int = 7, limit: int = 10) -> list:
+    """Results not yet compliant whose deadline falls in the next ``days``, soonest first."""
+    try:
+        from ..ddm.state_models import PolicyResult
+    except ImportError:
+        return []
+    now = utcnow()
+    return (PolicyResult.query.filter(PolicyResult.deadline_utc >= now,
+                                      PolicyResult.deadline_utc <= now + timedelta(days=days),
+                                      PolicyResult.state.notin_(("Compliant", "Not applicable")))
+            .order_by(PolicyResult.deadline_utc).limit(limit).all())
+
+
+def upcoming_deadline_count(days: int = 7) -> int:
+    try:
+        from ..ddm.state_models import PolicyResult
+    except ImportError:
+        return 0
+    now = utcnow()
+    return PolicyResult.query.filter(PolicyResult.deadline_utc >= now,
+                                     PolicyResult.deadline_utc <= now + timedelta(days=days),
+                                     PolicyResult.state.notin_(("Compliant", "Not applicable"))).count()
+
+
+def compliance_history(policy_id: int, days: int = 30) -> list[tuple[datetime, int | None]]:
+    """(day, percent compliant at the end of that day) for the last ``days`` days, replayed from the
+    result change history: one pass over the changes, counters updated as states change."""
+    try:
+        from ..ddm.state_models import PolicyResultChange
+    except ImportError:
+        return []
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    ends = [today - timedelta(days=days - 1 - i) + timedelta(days=1) for i in range(days)]
+    changes = db.session.execute(select(PolicyResultChange.device_id, PolicyResultChange.state,
+                                        PolicyResultChange.changed_at)
+                                 .where(PolicyResultChange.policy_id == policy_id)
+                                 .order_by(PolicyResultChange.changed_at, PolicyResultChange.id))
+    state: dict[int, str] = {}
+    in_scope = compliant = 0
+    points, i = [], 0
+    for device_id, new, at in changes:
+        while i < len(ends) and at >= ends[i]:
+            points.append((ends[i] - timedelta(days=1), _pct(compliant, in_scope)))
+            i += 1
+        old = state.get(device_id)
+        in_scope -= old is not None and old != "Not applicable"
+        compliant -= old == "Compliant"
+        state[device_id] = new
+        in_scope += new != "Not applicable"
+        compliant += new == "Compliant"
+    while i < len(ends):
+        points.append((ends[i] - timedelta(days=1), _pct(compliant, in_scope)))
+        i += 1
+    return points
+
+
+def _pct(compliant: int, in_scope: int) -> int | None:
+    return round(100 * compliant / in_scope) if in_scope else None

@@ -1,0 +1,42 @@
+"""Jinja helpers shared by every page: role checks, dates, the navigation."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask_login import current_user
+
+from ..accounts import Role
+from ..models import utcnow
+
+
+def can(role_name: str) -> bool:
+    """In templates: ``{% if can('Manager') %}`` shows a control only to roles that may use it."""
+    return bool(current_user and current_user.is_authenticated and current_user.has_role(Role.parse(role_name)))
+
+
+def format_dt(value: datetime | None, empty: str = "—") -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else empty
+
+
+def ago(value: datetime | None, empty: str = "never") -> str:
+    if not value:
+        return empty
+    seconds = int((utcnow() - value).total_seconds())
+    future = seconds < 0
+    seconds = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            text = f"{seconds // size}{unit}"
+            break
+    else:
+        text = f"{seconds}s"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def init_templating(app) -> None:
+    app.jinja_env.filters["dt"] = format_dt
+    app.jinja_env.filters["ago"] = ago
+
+    @app.context_processor
+    def _helpers():
+        return {"can": can, "Role": Role, "now_utc": utcnow}
