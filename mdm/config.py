@@ -34,6 +34,10 @@ class Defaults:
     APNS_GATEWAY = "production"
     APNS_CA_FILE = None             # extra CA bundle to trust for a custom gateway (tests)
     APNS_MAX_ATTEMPTS = 5
+    APNS_BACKOFF_SECONDS = 30       # first retry after this, doubling up to APNS_BACKOFF_MAX_SECONDS
+    APNS_BACKOFF_MAX_SECONDS = 3600
+    APNS_TIMEOUT_SECONDS = 15
+    APNS_CONCURRENCY = 8
     # Request bodies above this size are refused with 413 before parsing.
     MAX_CONTENT_LENGTH = 8 * 1024 * 1024
     MAX_CHECKIN_BYTES = 1024 * 1024

@@ -65,6 +65,8 @@ class _RedactPushTokens(logging.Filter):
 
 
 logging.getLogger("httpx").addFilter(_RedactPushTokens())
+# hpack's DEBUG lines print every header it encodes, :path (the token) included.
+logging.getLogger("hpack").setLevel(logging.INFO)
 
 
 @dataclass

@@ -16,6 +16,16 @@ def register_job(func, trigger: str, **trigger_args) -> None:
     _JOBS.append((func, trigger, trigger_args))
 
 
+# Rooms whose modules register jobs when imported.
+JOB_MODULES = ("mdm.push", "mdm.enroll.scep", "mdm.ddm.jobs")
+
+
+def _import_job_modules() -> None:
+    import importlib
+    for name in JOB_MODULES:
+        importlib.import_module(name)
+
+
 class SchedulerLocked(RuntimeError):
     """Another process already runs the scheduler for this deployment."""
 
@@ -44,6 +54,7 @@ def start_scheduler(app) -> BackgroundScheduler | None:
         log.warning("not starting a scheduler: %s", exc)
         return None
     app.extensions["mdm_scheduler_lock"] = lock
+    _import_job_modules()
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                                                    "misfire_grace_time": 3600})
     for func, trigger, trigger_args in _JOBS:

@@ -22,3 +22,13 @@ def test_second_process_does_not_start_a_scheduler(app):
         assert out.stdout.strip().endswith("refused"), out.stderr
     finally:
         scheduler.shutdown(wait=False)
+
+
+def test_scheduler_runs_every_rooms_jobs(app):
+    scheduler = start_scheduler(app)
+    try:
+        ids = {job.id for job in scheduler.get_jobs()}
+        assert {"mdm.push.process_due_pushes", "mdm.ddm.jobs.refresh_catalog", "mdm.ddm.jobs.recompute_all",
+                "mdm.enroll.scep.purge_stale_challenges"} <= ids
+    finally:
+        scheduler.shutdown(wait=False)

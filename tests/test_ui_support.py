@@ -104,3 +104,16 @@ def add_devices(app, specs) -> list[int]:
 def iphone(name: str, serial: str, os_version: str = "17.5", **extra) -> dict:
     return {"device_name": name, "serial_number": serial, "product_name": "iPhone15,2", "model_name": "iPhone",
             "software_update_device_id": "iPhone15,2", "os_version": os_version, "is_supervised": True, **extra}
+
+
+def load_current_catalog(app, newest_posted_days_ago: int = 20) -> None:
+    """The packaged release snapshot with its dates moved so its newest release was posted
+    ``newest_posted_days_ago`` days ago (the snapshot's own dates expire; feeds/README.md)."""
+    import datetime as dt
+    from mdm.ddm.catalog import SNAPSHOT_PATH, apply_feed, load_feed_file, shift_feed
+    data = load_feed_file(SNAPSHOT_PATH)
+    newest = max(dt.date.fromisoformat(e["PostingDate"][:10]) for e in data["PublicAssetSets"]["iOS"])
+    days = (utcnow().date() - newest).days - newest_posted_days_ago
+    with app.app_context():
+        apply_feed(shift_feed(data, days), "test: shifted snapshot")
+        db.session.commit()

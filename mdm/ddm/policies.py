@@ -305,6 +305,8 @@ def find_device(ref) -> Device | None:
     """By database id, UDID or serial number."""
     if isinstance(ref, Device):
         return ref
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return db.session.get(Device, ref)      # callers holding ids (UI, API) mean ids
     text = str(ref).strip()
     device = Device.query.filter((Device.udid == text) | (Device.serial_number == text)).first()
     if device is None and text.isdigit():

@@ -36,6 +36,7 @@ class DeviceFilters:
     policy: int | None = None  # restricts the patch filter to one policy
     seen: str = ""          # "7" / "30": not seen for that many days; "never"
     status: str = ""        # enrollment status: enrolled | unenrolled | authenticated
+    deadline: str = ""      # "7": a patch deadline within the next 7 days, not yet compliant
     page: int = 1
     per_page: int = PAGE_SIZE
     errors: list = field(default_factory=list)
@@ -45,7 +46,8 @@ class DeviceFilters:
         f = cls(q=(args.get("q") or "").strip()[:255], os=(args.get("os") or "").strip()[:32],
                 model=(args.get("model") or "").strip()[:64], platform=(args.get("platform") or "").strip(),
                 supervised=args.get("supervised") or "", patch=args.get("patch") or "",
-                seen=args.get("seen") or "", status=args.get("status") or "")
+                seen=args.get("seen") or "", status=args.get("status") or "",
+                deadline=args.get("deadline") or "")
         f.group = _int(args.get("group"), f.errors, "group")
         f.policy = _int(args.get("policy"), f.errors, "policy")
         f.page = max(1, _int(args.get("page"), f.errors, "page") or 1)
@@ -56,6 +58,8 @@ class DeviceFilters:
             f.errors.append("seen: 7, 30 or never")
         if f.status not in ("", "enrolled", "unenrolled", "authenticated"):
             f.errors.append("status: enrolled, unenrolled or authenticated")
+        if f.deadline not in ("", "7"):
+            f.errors.append("deadline: 7")
         if f.patch not in ("", "below", *PATCH_STATES):
             f.errors.append(f"patch: one of below, {', '.join(PATCH_STATES)}")
         return f
@@ -64,7 +68,8 @@ class DeviceFilters:
         """Query-string arguments for links (pagination keeps the filters)."""
         values = {"q": self.q, "os": self.os, "model": self.model, "platform": self.platform,
                   "supervised": self.supervised, "group": self.group, "patch": self.patch,
-                  "policy": self.policy, "seen": self.seen, "status": self.status, "page": self.page}
+                  "policy": self.policy, "seen": self.seen, "status": self.status, "deadline": self.deadline,
+                  "page": self.page}
         values.update(changes)
         return {k: v for k, v in values.items() if v not in (None, "", 1) or (k == "page" and v != 1)}
 
@@ -114,7 +119,7 @@ def filtered_select(f: DeviceFilters):
                           or_(Device.last_seen_at < cutoff, Device.last_seen_at.is_(None)))
     elif f.seen == "never":
         stmt = stmt.where(Device.last_seen_at.is_(None))
-    if f.patch:
+    if f.patch or f.deadline:
         stmt = _patch_filter(stmt, f)
     return stmt
 
@@ -124,8 +129,14 @@ def _patch_filter(stmt, f: DeviceFilters):
         from ..ddm.state_models import PolicyResult
     except ImportError:
         return stmt.where(False)
-    states = BELOW_TARGET_STATES if f.patch == "below" else (f.patch,)
-    sub = select(PolicyResult.device_id).where(PolicyResult.state.in_(states))
+    sub = select(PolicyResult.device_id)
+    if f.patch:
+        sub = sub.where(PolicyResult.state.in_(BELOW_TARGET_STATES if f.patch == "below" else (f.patch,)))
+    if f.deadline:
+        now = utcnow()
+        sub = sub.where(PolicyResult.deadline_utc >= now,
+                        PolicyResult.deadline_utc <= now + timedelta(days=int(f.deadline)),
+                        PolicyResult.state.notin_(("Compliant", "Not applicable")))
     if f.policy is not None:
         sub = sub.where(PolicyResult.policy_id == f.policy)
     return stmt.where(Device.id.in_(sub))

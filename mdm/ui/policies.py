@@ -72,7 +72,8 @@ def new(platform):
                                error=f"{platform} patch policies are not available yet."), 404
     policies = _ddm()
     settings = policies.PolicySettings(name=policies.default_policy_name())
-    return render_template("ui/policies/form.html", **_form_context(None, settings, tab="settings"))
+    return render_template("ui/policies/form.html", **_form_context(None, settings, tab="settings",
+                                                                     preview_devices=_preview_candidates(None)))
 
 
 @bp.route("/patch-management", methods=["POST"])
@@ -95,7 +96,8 @@ def _invalid_form(policy, data, errors):
     base = policies.settings_of(policy) if policy else policies.PolicySettings(name=data.get("name") or "")
     shown = _settings_as_typed(base, data)
     return render_template("ui/policies/form.html",
-                           **_form_context(policy, shown, errors_by_field(errors), tab="settings")), 422
+                           **_form_context(policy, shown, errors_by_field(errors), tab="settings",
+                                           preview_devices=_preview_candidates(policy))), 422
 
 
 def _settings_as_typed(base, data):
