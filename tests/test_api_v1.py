@@ -3,7 +3,6 @@ results, the OpenAPI description, and the CLI that makes tokens and accounts."""
 from __future__ import annotations
 
 from mdm.accounts import AdminUser, ApiToken, Role
-from mdm.extensions import db
 from mdm.models import AuditEvent, Command
 from test_ui_support import HTTPS, add_devices, iphone, load_current_catalog, make_token, signed_in
 

@@ -211,3 +211,41 @@ def test_dashboard_figures_link_to_filtered_lists(app):
     assert figures["Not seen for 7 days"] == 2 and figures["Not seen for 30 days"] == 1
     assert 'href="/devices?seen=30"' in page
     assert "Month" in browser.get("/devices?seen=30").text and "Week" not in browser.get("/devices?seen=30").text
+
+
+def test_settings_show_the_catalog_and_sync_now_reports_failure(app):
+    import time
+    from test_ui_support import load_current_catalog
+    load_current_catalog(app)
+    admin = signed_in(app, Role.Administrator, "boss")
+    page = admin.get("/settings").text
+    assert "test: shifted snapshot" in page and "never" not in page.split("Last successful sync")[1][:80]
+    app.config["CATALOG_URL"] = "https://127.0.0.1:9/unreachable"  # refused at once
+    started = admin.post("/settings/catalog/sync", htmx=True)
+    assert started.status_code == 200 and 'id="sync-status"' in started.text
+    for _ in range(100):
+        fragment = admin.get("/settings/catalog/sync", htmx=True).text
+        if "Syncing" not in fragment:
+            break
+        time.sleep(0.1)
+    assert "Sync failed" in fragment and "the cached catalog stays in use" in fragment
+    assert "test: shifted snapshot" in admin.get("/settings").text  # the cache was kept
+    reader = signed_in(app, Role.ReadOnly, "reader")
+    assert "Sync now" not in reader.get("/settings").text
+    assert reader.post("/settings/catalog/sync", htmx=True).status_code == 403
+
+
+def test_push_certificate_csr_and_upload_errors(app):
+    from cryptography import x509
+    admin = signed_in(app, Role.Administrator, "boss")
+    admin.get("/settings")
+    csr = admin.post("/settings/push/csr")
+    assert csr.status_code == 200 and "attachment" in csr.headers["Content-Disposition"]
+    assert x509.load_pem_x509_csr(csr.data).is_signature_valid
+    from io import BytesIO
+    bad = admin.post("/settings/push/certificate", {"certificate": (BytesIO(b"not a certificate"), "push.pem")},
+                     content_type="multipart/form-data")
+    assert bad.status_code == 422 and 'role="alert"' in bad.text
+    assert "Choose the certificate file" in admin.post("/settings/push/certificate", {}).text
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="push_certificate.csr", actor="boss").count() == 1

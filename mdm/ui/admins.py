@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
-from ..accounts import (ROLE_NAMES, AccountError, AdminUser, ApiToken, Role, active_administrators, create_admin,
+from ..accounts import (AccountError, AdminUser, ApiToken, Role, active_administrators, create_admin,
                         create_api_token, generate_password)
 from ..extensions import db
 from ..models import audit, utcnow
@@ -138,5 +138,3 @@ def revoke_token(token_id):
     flash(f"Token {token.name} revoked.")
     return redirect_after_change(url_for("admins.tokens"))
 
-
-__all__ = ["bp", "ROLE_NAMES"]

@@ -33,7 +33,8 @@ class ResultRow:
     deadline_utc: datetime | None
     state_since: datetime | None
     updated_at: datetime | None
-    history: list = field(default_factory=list)
+    reasons: list = field(default_factory=list)    # Apple's reason codes when Failed
+    history: list = field(default_factory=list)    # newest first
 
     @property
     def countdown(self) -> str | None:
@@ -101,19 +102,22 @@ def declaration_notes_for(device) -> list:
 
 
 def policy_results_for(device) -> list[ResultRow]:
-    """Results through the DDM results service when present, else the stored rows."""
+    """Results through the DDM results service (recomputed now) when present, else the stored rows."""
     rows = []
     results_for_device = service("mdm.ddm.results", "results_for_device")
     if results_for_device is not None:
         for r in results_for_device(device):
-            rows.append(_row_from(r))
-    else:
-        try:
-            from ..ddm.state_models import PolicyResult
-        except ImportError:
-            return []
-        for r in PolicyResult.query.filter_by(device_id=device.id).order_by(PolicyResult.policy_name):
-            rows.append(_row_from(r))
+            row = _row_from(r)
+            row.reasons = list(getattr(r, "reasons", None) or [])
+            row.history = list(reversed(getattr(r, "history", None) or []))
+            rows.append(row)
+        return rows
+    try:
+        from ..ddm.state_models import PolicyResult
+    except ImportError:
+        return []
+    for r in PolicyResult.query.filter_by(device_id=device.id).order_by(PolicyResult.policy_name):
+        rows.append(_row_from(r))
     _attach_history(device, rows)
     return rows
 

@@ -2,7 +2,7 @@
 results, and the policy groups (deployment rings). All changes go through the DDM room's services."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
 from ..accounts import Role

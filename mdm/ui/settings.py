@@ -17,10 +17,14 @@ bp = Blueprint("settings", __name__, url_prefix="/settings")
 
 PUSH_WARNING_DAYS = 30
 
-# One catalog sync at a time per process; its progress is what the "Sync now" fragment polls.
+# One catalog sync at a time per app; its progress is what the "Sync now" fragment polls.
 _sync_lock = threading.Lock()
-_sync_state: dict = {"running": False, "started_at": None, "finished_at": None, "result": None, "error": None,
-                     "actor": None}
+
+
+def _sync_state(app=None) -> dict:
+    app = app or current_app._get_current_object()
+    return app.extensions.setdefault("mdm_ui_catalog_sync", {
+        "running": False, "started_at": None, "finished_at": None, "result": None, "error": None, "actor": None})
 
 
 def _ca_details() -> dict:
@@ -59,7 +63,7 @@ def _push_status() -> dict | None:
 def index(push_error: str | None = None, status_code: int = 200):
     return render_template("ui/settings.html", push=_push_status(), push_warning_days=PUSH_WARNING_DAYS,
                            push_error=push_error, ca=_ca_details(), catalog=_catalog_status(),
-                           sync=dict(_sync_state), schedule=_schedule(),
+                           sync=dict(_sync_state()), schedule=_schedule(),
                            feed_url=current_app.config.get("CATALOG_URL") or _default_feed_url(),
                            scheduler_enabled=current_app.config.get("SCHEDULER_ENABLED")), status_code
 
@@ -109,9 +113,9 @@ def catalog_sync():
     app = current_app._get_current_object()
     actor = current_actor()
     with _sync_lock:
-        if not _sync_state["running"]:
-            _sync_state.update(running=True, started_at=utcnow(), finished_at=None, result=None, error=None,
-                               actor=actor)
+        state = _sync_state(app)
+        if not state["running"]:
+            state.update(running=True, started_at=utcnow(), finished_at=None, result=None, error=None, actor=actor)
             threading.Thread(target=_run_sync, args=(app, actor), daemon=True, name="catalog-sync").start()
     return _sync_fragment()
 
@@ -128,7 +132,7 @@ def _run_sync(app, actor: str) -> None:
             from ..extensions import db
             db.session.remove()
         with _sync_lock:
-            _sync_state.update(running=False, finished_at=utcnow(), result=result, error=error)
+            _sync_state(app).update(running=False, finished_at=utcnow(), result=result, error=error)
 
 
 @bp.route("/catalog/sync")
@@ -138,5 +142,5 @@ def catalog_sync_status():
 
 
 def _sync_fragment():
-    html = render_template("ui/_sync_status.html", sync=dict(_sync_state), catalog=_catalog_status())
+    html = render_template("ui/_sync_status.html", sync=dict(_sync_state()), catalog=_catalog_status())
     return html if is_htmx() else redirect_after_change(url_for("settings.index"))

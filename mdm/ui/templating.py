@@ -14,7 +14,13 @@ def can(role_name: str) -> bool:
     return bool(current_user and current_user.is_authenticated and current_user.has_role(Role.parse(role_name)))
 
 
-def format_dt(value: datetime | None, empty: str = "—") -> str:
+def format_dt(value: datetime | str | None, empty: str = "—") -> str:
+    """UTC datetimes, naive or ISO strings (some services hand out ``isoformat()`` text)."""
+    if isinstance(value, str) and value:
+        try:
+            value = datetime.fromisoformat(value.rstrip("Z"))
+        except ValueError:
+            return value
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else empty
 
 

@@ -77,6 +77,10 @@ def test_admin_journey_in_chromium(live_server, browser, tmp_path):
     expect(page).to_have_url(base + "/devices")  # and back where we wanted to go
     expect(page.locator("table.devices")).to_contain_text("Front desk iPhone")
     expect(page.locator("table.devices")).to_contain_text("<b>Guest</b> iPhone")  # shown as text, not markup
+    page.fill("#device-filters input[name=q]", "Ware")                             # live search (HTMX)
+    expect(page.locator("table.devices tbody tr")).to_have_count(1)
+    expect(page.locator("table.devices")).to_contain_text("Warehouse iPhone")
+    expect(page).to_have_url(re.compile(r"/devices\?q=Ware"))
 
     # A device group with the simulated iPhones, made in the UI.
     page.goto(base + "/groups")
