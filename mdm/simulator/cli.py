@@ -5,6 +5,7 @@ import click
 from flask import current_app
 
 from ..cli import mdm_cli
+from ..extensions import db
 from .device import DeviceProfile
 from .fleet import run_fleet
 
@@ -27,7 +28,11 @@ def simulate_command(count, server_url, enrollment_url, model, os_version, unsup
                              max_uses=count, created_by="cli:simulate")
         enrollment_url = url_for_token(token).replace(current_app.config["SERVER_URL"], server_url)
     profile = DeviceProfile(product_name=model, os_version=os_version, supervised=not unsupervised)
-    report = run_fleet(server_url, str(get_pki().ca_cert_path), enrollment_url, count,
+    ca_file = str(get_pki().ca_cert_path)
+    # End our transaction: SQLite write transactions start IMMEDIATE, so an idle open one would
+    # hold the server (which shares the database) off while the devices talk to it.
+    db.session.remove()
+    report = run_fleet(server_url, ca_file, enrollment_url, count,
                        profile=profile, workers=workers)
     click.echo(f"enrolled {len(report.devices)} of {count} devices in {report.enroll_seconds:.1f} s; "
                f"answered {report.commands_answered} commands in {report.connect_seconds:.1f} s")
