@@ -20,6 +20,8 @@ from .fleet import run_fleet
 @click.option("--workers", default=8, show_default=True, help="Concurrent devices.")
 def simulate_command(count, server_url, enrollment_url, model, os_version, unsupervised, workers):
     """Enroll simulated devices over HTTPS and answer their queued commands."""
+    import logging
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per request drowns the summary
     from ..enroll.pki import get_pki
     from ..enroll.tokens import create_token, enrollment_url as url_for_token
     server_url = (server_url or current_app.config["SERVER_URL"]).rstrip("/")
