@@ -1,7 +1,7 @@
 """Self-hosted Apple MDM: the application factory."""
 from __future__ import annotations
 
-import logging
+import os
 from pathlib import Path
 
 from flask import Flask
@@ -15,13 +15,13 @@ MIGRATIONS_DIR = str(Path(__file__).resolve().parent / "migrations")
 def create_app(overrides: dict | None = None, instance_path: str | None = None) -> Flask:
     app = Flask(
         __name__,
-        instance_path=instance_path or str(PROJECT_ROOT / "instance"),
+        instance_path=instance_path or os.environ.get("MDM_INSTANCE_PATH") or str(PROJECT_ROOT / "instance"),
         instance_relative_config=True,
         template_folder=str(PROJECT_ROOT / "templates"),
     )
     load_config(app, overrides)
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+    logs.configure(app.config)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)

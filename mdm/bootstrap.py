@@ -7,11 +7,23 @@ from .dbsetup import init_db
 from .enroll.pki import get_pki
 
 
+def _safe_url(url: str) -> str:
+    """The database URL without its password (it is printed and may be logged)."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: say nothing about it
+        return "(unparseable database URL)"
+
+
 def initialise() -> list[str]:
     """Idempotent. Returns lines describing what exists, for the operator."""
+    from .secrets import get_box
+    box = get_box()  # first: a missing or wrong secrets key stops here, before anything is written
     init_db()
     pki = get_pki()
-    lines = [f"Database: {current_app.config['SQLALCHEMY_DATABASE_URI']}",
+    lines = [f"Database: {_safe_url(current_app.config['SQLALCHEMY_DATABASE_URI'])}",
+             f"Secrets key: {box.source}",
              f"CA certificate: {pki.ca_cert_path}",
              f"TLS certificate: {pki.tls_cert_path}",
              f"Server URL: {current_app.config['SERVER_URL']}"]

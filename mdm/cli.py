@@ -11,7 +11,12 @@ mdm_cli = AppGroup("mdm", help="Operate the MDM server.")
 def init_command():
     """Create database, CA, TLS and signing certificates (idempotent)."""
     from .bootstrap import initialise
-    for line in initialise():
+    from .secrets import SecretsKeyError
+    try:
+        lines = initialise()
+    except SecretsKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
         click.echo(line)
 
 
@@ -19,7 +24,7 @@ def _register_subcommands():
     # Each room owns its CLI module; importing it attaches its commands to ``mdm_cli``.
     import importlib
     for module in ("mdm.cli_core", "mdm.enroll.cli", "mdm.push_cli", "mdm.ddm.cli", "mdm.ui.cli",
-                   "mdm.simulator.cli"):
+                   "mdm.simulator.cli", "mdm.backup"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -49,6 +49,17 @@ class Defaults:
     SCEP_CHALLENGE_MINUTES = 60
     DEVICE_CERT_DAYS = 365
     SECRET_KEY = None               # generated into instance/secret_key on first run
+    # Private keys at rest are sealed with this key (see mdm/secrets.py and docs/operations.md):
+    # the key itself, or a file holding it; default <instance>/secrets.key, generated on first run.
+    SECRETS_KEY = None
+    SECRETS_KEY_FILE = None
+    # Production server (python -m mdm.run): worker threads and timeouts, see mdm/serve.py.
+    THREADS = 16
+    REQUEST_TIMEOUT_SECONDS = 30
+    REQUEST_BODY_DEADLINE_SECONDS = 60
+    # Logs: "text" or "json" (one object per line); secrets are always redacted (mdm/logs.py).
+    LOG_FORMAT = "text"
+    LOG_LEVEL = "INFO"
 
 
 def load_config(app, overrides: dict | None = None) -> None:

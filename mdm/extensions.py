@@ -13,7 +13,32 @@ naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-db = SQLAlchemy(metadata=MetaData(naming_convention=naming_convention))
+
+def normalise_database_url(url):
+    """``postgresql://`` (and Heroku-style ``postgres://``) mean psycopg 3, the driver we ship."""
+    from sqlalchemy.engine import make_url
+    url = make_url(url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+class _SQLAlchemy(SQLAlchemy):
+    def _apply_driver_defaults(self, options, app):
+        super()._apply_driver_defaults(options, app)
+        url = normalise_database_url(options["url"])
+        if url.get_backend_name() == "postgresql":
+            options["url"] = url
+            # A pool as large as the server's threads plus the scheduler and the push sender (cheroot
+            # runs 16); connections checked before use survive a database restart or an idle timeout
+            # at a proxy. SQLALCHEMY_ENGINE_OPTIONS in instance/config.py overrides these.
+            options.setdefault("pool_size", 20)
+            options.setdefault("max_overflow", 10)
+            options.setdefault("pool_pre_ping", True)
+            options.setdefault("pool_recycle", 1800)
+
+
+db = _SQLAlchemy(metadata=MetaData(naming_convention=naming_convention))
 migrate = Migrate()
 
 

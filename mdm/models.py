@@ -206,3 +206,11 @@ class DeviceGroup(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     devices = db.relationship("Device", secondary=group_members, lazy="dynamic",
                               backref=db.backref("groups", lazy="select"))
+
+
+class SchedulerJobRun(db.Model):
+    """When each scheduled job last ran, so a restarted scheduler catches up once instead of waiting a
+    whole interval (or firing once per missed interval)."""
+    __tablename__ = "scheduler_job_runs"
+    job_id = db.Column(db.String(255), primary_key=True)     # "mdm.push.process_due_pushes"
+    last_run_at = db.Column(db.DateTime, nullable=False)     # UTC, when the last run started

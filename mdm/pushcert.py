@@ -7,7 +7,7 @@ Apple's servers refuse it; ``status()`` says so.
 Renewal flow: ``generate_csr()`` writes a new key to push.key.pending (the installed identity keeps
 working), the operator has the CSR signed (vendor signing + identity.apple.com), then
 ``install_certificate()`` takes the returned certificate and moves the pending key into place.
-Private keys are written 0600 and never logged.
+Private keys are written 0600, sealed with the instance's secrets key (``mdm.secrets``), and never logged.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask import current_app
 
-from .enroll.pki import get_pki, issue_certificate, load_private_key, new_key, write_private_key
+from .enroll.pki import (get_pki, issue_certificate, load_private_key, new_key, read_private_key_pem,
+                        write_private_key)
 from .extensions import db
 from .models import Device, audit
 
@@ -139,9 +140,11 @@ def _load_identity(certs: Path) -> PushIdentity:
 def load_client_identity(context) -> None:
     """Load the push certificate and key into an ``ssl.SSLContext`` as its TLS client identity,
     never half-way through an install (which writes the two files under the same lock)."""
+    from .secrets import load_cert_chain
     identity = current_identity()
     with _locked(_certs_dir()):
-        context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+        # The key file is sealed: it is opened in memory and handed to OpenSSL through a pipe.
+        load_cert_chain(context, identity.cert_path, read_private_key_pem(identity.key_path))
 
 
 def identity_stamp() -> tuple:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 OFFERABLE = ("queued", "sent")
 RESULT_STATUSES = ("Acknowledged", "Error", "CommandFormatError", "NotNow")
 
-__all__ = ["CommandError", "enqueue", "next_command", "record_result", "exchange", "history", "command_plist",
+__all__ = ["CommandError", "enqueue", "enqueue_bulk", "next_command", "record_result", "exchange", "history", "command_plist",
            "request_push_for"]
 
 
@@ -53,6 +53,49 @@ def enqueue(device: Device, request_type: str, *, queued_by: str = "system", pus
     if push:
         request_push_for(device)
     return command
+
+
+def enqueue_bulk(devices, request_type: str, *, queued_by: str = "system", push: bool = True,
+                 **params) -> list[Command]:
+    """``enqueue`` for many devices, all or nothing: the commands are written inside one savepoint of the
+    caller's transaction, so when one device refuses (CommandError from the module's ``check_device``, or
+    any database error) none of them is stored and the error is raised. One push request covers all."""
+    devices = list(devices)
+    module = commands.get(request_type)
+    try:
+        inspect.signature(module.build).bind(**params)
+    except TypeError as exc:
+        raise CommandError(f"{request_type}: {exc}") from None
+    check = getattr(module, "check_device", None)
+    created: list[Command] = []
+    with db.session.begin_nested():
+        for device in devices:
+            body = module.build(**params)
+            if check is not None:
+                try:
+                    check(device, body)
+                except CommandError as exc:
+                    raise CommandError(f"{device.udid}: {exc}") from None
+            command = Command(device_id=device.id, request_type=request_type, queued_by=queued_by)
+            command.uuid = str(uuid.uuid4()).upper()
+            command.payload = dumps({"CommandUUID": command.uuid, "Command": body})
+            db.session.add(command)
+            created.append(command)
+        db.session.flush()
+    log.info("queued %s for %d devices by %s", request_type, len(created), queued_by)
+    if push and devices:
+        _request_push_ids([device.id for device in devices])
+    return created
+
+
+def _request_push_ids(device_ids: list[int]) -> None:
+    try:
+        from .push import request_push
+    except ModuleNotFoundError as exc:
+        if exc.name != "mdm.push":
+            raise
+        return
+    request_push(device_ids)
 
 
 def request_push_for(device: Device) -> None:

@@ -1,27 +1,150 @@
 """The production server: one process, a thread pool, TLS with our CA-issued certificate (cheroot).
 
-Used by ``./run.sh`` and by the end-to-end tests, so tests exercise the same server devices talk to.
+Used by ``python -m mdm.run`` (``./run.sh``) and by the end-to-end tests, so tests exercise the same
+server devices talk to. Settings (``MDM_*``):
+
+- ``THREADS`` (16): worker threads; each serves one request at a time.
+- ``REQUEST_TIMEOUT_SECONDS`` (30): a client that sends nothing for this long while a request is
+  being read is answered 408 and disconnected (also idle keep-alive connections are closed).
+- ``REQUEST_BODY_DEADLINE_SECONDS`` (60): the whole body must arrive within this time, however
+  slowly it trickles in; otherwise 408 and the connection is closed.
+- ``MAX_CONTENT_LENGTH`` (8 MiB): larger bodies get 413, whether announced by Content-Length or sent
+  chunked; the application only ever sees complete bodies.
 """
 from __future__ import annotations
 
+import io
 import logging
+import socket
+import ssl
 import threading
+import time
+import uuid
 
+from cheroot import errors as cheroot_errors
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from .logs import access_log, request_context
+
 log = logging.getLogger(__name__)
 
+_READ_SIZE = 64 * 1024
 
-def build_server(app, host: str, port: int, *, threads: int = 16, tls: bool = True) -> wsgi.Server:
-    server = wsgi.Server((host, port), app, numthreads=threads, request_queue_size=256,
-                         timeout=30, server_name=app.config["SERVER_HOSTNAME"])
-    # Bodies above the limit are refused by cheroot with 413 even when chunked.
-    server.max_request_body_size = app.config["MAX_CONTENT_LENGTH"]
+
+class MemoryKeySSLAdapter(BuiltinSSLAdapter):
+    """cheroot's TLS adapter around a ready ``ssl.SSLContext`` (its key was opened in memory; the
+    stock adapter insists on reading a plaintext key file)."""
+
+    def __init__(self, context: ssl.SSLContext, certificate: str):
+        super(BuiltinSSLAdapter, self).__init__(certificate, None)  # the base Adapter: attributes only
+        self.context = context
+        self._server_env = {}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestLimits:
+    """WSGI middleware: reads the whole request body before the application runs, enforcing the size
+    limit (413, chunked or not) and the body deadline (408); gives every request an id and an access
+    log line. The application sees ``wsgi.input`` as a complete, seekable body with CONTENT_LENGTH."""
+
+    def __init__(self, app, *, max_body_bytes: int, body_deadline_seconds: float):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_deadline_seconds = body_deadline_seconds
+
+    def __call__(self, environ, start_response):
+        started = time.monotonic()
+        request_id = uuid.uuid4().hex[:16]
+        environ["mdm.request_id"] = request_id
+        token = request_context.set({"request_id": request_id, "remote_addr": environ.get("REMOTE_ADDR"),
+                                     "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO")})
+        seen = {"status": None}
+
+        def recording_start_response(status, headers, exc_info=None):
+            seen["status"] = status
+            headers = list(headers) + [("X-Request-Id", request_id)]
+            return start_response(status, headers, exc_info)
+
+        try:
+            try:
+                body = self._read_body(environ, started)
+            except BodyTooLarge:
+                return self._plain(recording_start_response, "413 Request Entity Too Large",
+                                   f"The request body exceeds {self.max_body_bytes} bytes.\n")
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ["wsgi.input_terminated"] = True
+            environ["mdm.bytes_in"] = len(body)
+            return self.app(environ, recording_start_response)
+        finally:
+            duration_ms = round((time.monotonic() - started) * 1000, 1)
+            status = int(seen["status"][:3]) if seen["status"] else None
+            access_log.info("%s %s %s %.1fms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                            status, duration_ms,
+                            extra={"status": status, "duration_ms": duration_ms,
+                                   "bytes_in": environ.get("mdm.bytes_in")})
+            request_context.reset(token)
+
+    def _read_body(self, environ, started: float) -> bytes:
+        stream = environ["wsgi.input"]
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        length = None if chunked else int(environ.get("CONTENT_LENGTH") or 0)
+        if length is not None and length > self.max_body_bytes:
+            raise BodyTooLarge()
+        deadline = started + self.body_deadline_seconds
+        parts, total = [], 0
+        while length is None or total < length:
+            want = _READ_SIZE if length is None else min(_READ_SIZE, length - total)
+            try:
+                # Each read waits at most the server's socket timeout (cheroot answers 408 on it).
+                part = stream.read(want)
+            except (cheroot_errors.MaxSizeExceeded, IOError) as exc:
+                if isinstance(exc, OSError) and not _is_size_error(exc):
+                    raise
+                raise BodyTooLarge() from None
+            if not part:
+                break
+            total += len(part)
+            if total > self.max_body_bytes:
+                raise BodyTooLarge()
+            parts.append(part)
+            if time.monotonic() > deadline:
+                # Same message as a socket timeout, so cheroot answers 408 and drops the connection.
+                raise socket.timeout("timed out")
+        return b"".join(parts)
+
+    @staticmethod
+    def _plain(start_response, status: str, text: str):
+        data = text.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+        return [data]
+
+
+def _is_size_error(exc: OSError) -> bool:
+    # cheroot's ChunkedRFile raises a bare IOError('Request Entity Too Large') for an oversize chunk.
+    return isinstance(exc, cheroot_errors.MaxSizeExceeded) or "Request Entity Too Large" in str(exc)
+
+
+def build_server(app, host: str, port: int, *, threads: int | None = None, tls: bool = True) -> wsgi.Server:
+    config = app.config
+    max_body = int(config["MAX_CONTENT_LENGTH"])
+    wrapped = RequestLimits(app, max_body_bytes=max_body,
+                            body_deadline_seconds=float(config.get("REQUEST_BODY_DEADLINE_SECONDS") or 60))
+    server = wsgi.Server((host, port), wrapped, numthreads=int(threads or config.get("THREADS") or 16),
+                         request_queue_size=256, timeout=float(config.get("REQUEST_TIMEOUT_SECONDS") or 30),
+                         server_name=config["SERVER_HOSTNAME"])
+    # cheroot counts chunk-size lines too, so give it a little slack: the middleware enforces the
+    # exact limit on the body, cheroot stops a runaway stream.
+    server.max_request_body_size = max_body + 64 * 1024
     if tls:
         from .enroll.pki import get_pki
         pki = get_pki(app)
-        server.ssl_adapter = BuiltinSSLAdapter(str(pki.tls_cert_path), str(pki.tls_key_path))
+        server.ssl_adapter = MemoryKeySSLAdapter(pki.tls_context(), str(pki.tls_cert_path))
     return server
 
 

@@ -1,8 +1,10 @@
 """Shared fixtures: an app with its own database and PKI, a real HTTPS server, simple helpers."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,112 @@ def pki_template(tmp_path_factory):
     return certs
 
 
+def plain_key_file(app, name: str, dest: Path) -> str:
+    """Private keys in CERTS_DIR are sealed; test servers that need one as a file get an opened copy."""
+    import os
+    from mdm.enroll.pki import read_private_key_pem
+    from mdm.secrets import get_box
+    path = Path(dest) / f"{name}.plain"
+    path.write_bytes(read_private_key_pem(Path(app.config["CERTS_DIR"]) / name, get_box(app)))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the database under test
+# SQLite (a file in tmp_path) unless MDM_TEST_POSTGRES_URL names a PostgreSQL server's maintenance
+# database (``postgresql+psycopg://user@/postgres?host=/socket/dir``, as test.sh's second run sets it):
+# then every app gets a fresh database, copied from a template that the migrations built once per
+# session, and dropped after its test.
+POSTGRES_URL = os.environ.get("MDM_TEST_POSTGRES_URL", "")
+_postgres = {"template": None, "created": []}
+
+
+def _postgres_admin():
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+    return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+
+def _postgres_url(database: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+
+
+def _postgres_template(pki_template: Path) -> str:
+    """A database the migrations ran on, created once per session: CREATE DATABASE ... TEMPLATE copies
+    it in a few milliseconds instead of running every migration for every test."""
+    if _postgres["template"]:
+        return _postgres["template"]
+    name = f"mdm_template_{os.getpid()}"
+    engine = _postgres_admin()
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    import tempfile
+    with tempfile.TemporaryDirectory() as scratch:
+        shutil.copytree(pki_template, Path(scratch) / "certs")
+        app = create_app({"TESTING": True, "DATABASE_URL": _postgres_url(name), "CERTS_DIR": f"{scratch}/certs",
+                          "SCHEDULER_ENABLED": False, "SERVER_URL": "https://localhost:8443"},
+                         instance_path=scratch)
+        with app.app_context():
+            from mdm.dbsetup import init_db
+            init_db()
+            db.session.remove()
+            db.engine.dispose()
+    _postgres["template"] = name
+    return name
+
+
+def database_url(tmp_path: Path, pki_template: Path) -> str:
+    """The database of the app built in ``tmp_path``; the same one when ``make_app`` runs again there
+    (a second process on the same deployment)."""
+    if not POSTGRES_URL:
+        return f"sqlite:///{tmp_path / 'mdm.db'}"
+    marker = tmp_path / "postgres-database"
+    if marker.exists():
+        return _postgres_url(marker.read_text())
+    template = _postgres_template(pki_template)
+    name = f"mdm_test_{uuid.uuid4().hex[:16]}"
+    engine = _postgres_admin()
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    engine.dispose()
+    _postgres["created"].append(name)
+    marker.write_text(name)
+    return _postgres_url(name)
+
+
+@pytest.fixture(autouse=True)
+def _drop_postgres_databases():
+    """Drop the databases a test created, after its app fixtures have closed their engines (FORCE ends
+    what a test left connected: a subprocess, a server thread)."""
+    yield
+    if not POSTGRES_URL:
+        return
+    created, _postgres["created"] = _postgres["created"], []
+    if created:
+        engine = _postgres_admin()
+        with engine.connect() as conn:
+            for name in created:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_template():
+    yield
+    if POSTGRES_URL and _postgres["template"]:
+        engine = _postgres_admin()
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{_postgres["template"]}" WITH (FORCE)')
+        engine.dispose()
 
 
 def make_app(tmp_path: Path, pki_template: Path, **overrides):
@@ -38,7 +142,7 @@ def make_app(tmp_path: Path, pki_template: Path, **overrides):
         "TESTING": True,
         "SERVER_URL": overrides.pop("SERVER_URL", "https://localhost:8443"),
         "CERTS_DIR": str(certs),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'mdm.db'}",
+        "DATABASE_URL": database_url(tmp_path, pki_template),
         "SCHEDULER_ENABLED": False,
         "ORGANIZATION": "Test Org",
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FEEDS
+from conftest import FEEDS, plain_key_file
 from mdm.extensions import db
 
 FEED_2024 = json.loads((FEEDS / "gdmf-pmv-2024-09-20-sample.json").read_text())
@@ -125,7 +125,7 @@ def test_apple_root_ca_is_apples():
 class FeedServer:
     """A real HTTPS server with the test CA's TLS certificate; ``respond`` sets the next answer."""
 
-    def __init__(self, certs: Path):
+    def __init__(self, certs: Path, key_file: str):
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -145,7 +145,7 @@ class FeedServer:
         self.answer = (200, b"{}")
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(certs / "tls.pem"), str(certs / "tls.key"))
+        context.load_cert_chain(str(certs / "tls.pem"), key_file)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.url = f"https://localhost:{self.httpd.server_address[1]}/v2/pmv"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -160,8 +160,8 @@ class FeedServer:
 
 
 @pytest.fixture
-def feed_server(app):
-    server = FeedServer(Path(app.config["CERTS_DIR"]))
+def feed_server(app, tmp_path):
+    server = FeedServer(Path(app.config["CERTS_DIR"]), plain_key_file(app, "tls.key", tmp_path))
     app.config["CATALOG_URL"] = server.url
     app.config["CATALOG_CA_FILE"] = str(Path(app.config["CERTS_DIR"]) / "ca.pem")
     yield server

@@ -19,7 +19,7 @@ from mdm.enroll.pki import create_ca, issue_certificate, load_private_key, new_k
 from mdm.extensions import db
 from mdm.models import AuditEvent, Device, PushRequest
 from tests.apns_server import FakeAPNs
-from tests.conftest import free_port
+from tests.conftest import free_port, plain_key_file
 
 TOKEN_BYTES = 32
 
@@ -50,7 +50,7 @@ def apns(app, fake_apple_ca, tmp_path):
     certs = Path(app.config["CERTS_DIR"])
     client_cas = tmp_path / "client-cas.pem"
     client_cas.write_bytes((certs / "ca.pem").read_bytes() + fake_apple_ca[2].read_bytes())
-    with FakeAPNs(str(certs / "tls.pem"), str(certs / "tls.key"), str(client_cas)) as server:
+    with FakeAPNs(str(certs / "tls.pem"), plain_key_file(app, "tls.key", tmp_path), str(client_cas)) as server:
         app.config.update(APNS_GATEWAY=server.url, APNS_CA_FILE=str(certs / "ca.pem"),
                           APNS_BACKOFF_SECONDS=0.05, APNS_MAX_ATTEMPTS=3)
         yield server

@@ -1,7 +1,8 @@
 """The DeclarativeManagement check-in endpoints, called by the check-in handler with the decoded Data.
 
 tokens -> TokensResponse; declaration-items -> DeclarationItemsResponse; declaration/<type>/<identifier>
--> the declaration (404 when it is not in this device's set); status -> status intake, 200 empty body.
+-> the declaration (404 when it is not in this device's set); status -> status intake, 200 empty body
+(400 when malformed, 403 when it names another device's declarations).
 Policy state never causes a 4xx/5xx here: the set is computed without what cannot be computed.
 """
 from __future__ import annotations
@@ -52,6 +53,9 @@ def handle_declarative_management(device, endpoint: str, data: bytes | None) -> 
     if endpoint == "status":
         try:
             status_intake.ingest(device, data)
+        except status_intake.ForeignDeclarationError as exc:
+            db.session.rollback()
+            return _refuse(403, device, endpoint, f"status report refused: {exc}")
         except status_intake.StatusReportError as exc:
             db.session.rollback()
             return _refuse(400, device, endpoint, f"status report refused: {exc}")

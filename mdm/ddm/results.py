@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from flask import current_app
 
@@ -195,6 +196,90 @@ def _change(row, state, detail, now, previous=_UNSET, target=_UNSET, deadline=_U
         previous_state=row.state if previous is _UNSET else previous, detail=detail,
         target_version=row.target_version if target is _UNSET else target,
         deadline_local=row.deadline_local if deadline is _UNSET else deadline))
+
+
+def record_results_bulk(inputs, now: datetime) -> None:
+    """``record_device_results`` for many devices at once (the declaration refresh after a policy edit):
+    ``inputs`` are (device facts, plan or None, served declarations, set changed_at). Same states, same
+    history rows; read with one query per kind, written with executemany. The caller commits."""
+    from sqlalchemy import bindparam, delete, insert, select, update
+    if not inputs:
+        return
+    ids = [device.id for device, *_ in inputs]
+    result_table, status_table = PolicyResult.__table__, DeviceStatus.__table__
+    fields = ("id", "policy_id", "state", "target_version", "deadline_local")
+    stored: dict[int, list[dict]] = {}
+    statuses: dict[int, SimpleNamespace] = {}
+    with_plan = [device.id for device, plan, *_ in inputs if plan is not None]
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        for device_id, *values in db.session.execute(
+                select(result_table.c.device_id, *(result_table.c[f] for f in fields))
+                .where(result_table.c.device_id.in_(part)).order_by(result_table.c.id)):
+            stored.setdefault(device_id, []).append(dict(zip(fields, values)))
+    for start in range(0, len(with_plan), 500):
+        part = with_plan[start:start + 500]
+        for device_id, items, declarations, last_report_at in db.session.execute(
+                select(status_table.c["device_id"], status_table.c["items"], status_table.c["declarations"],
+                       status_table.c.last_report_at).where(status_table.c.device_id.in_(part))):
+            statuses[device_id] = SimpleNamespace(items=items, declarations=declarations, last_report_at=last_report_at)
+
+    evaluations: dict[tuple, Evaluation] = {}
+    inserts, updates, changes, deletes = [], [], [], []
+    for device, plan, declarations, changed_at in inputs:
+        rows = {r["policy_id"]: r for r in stored.get(device.id, ())}
+        if plan is not None:
+            status = statuses.get(device.id)
+            served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
+            if status is None:   # then the state depends only on facts, plan and set: shared between devices
+                key = (device.facts_key(), id(plan), id(declarations), changed_at)
+                evaluation = evaluations.get(key)
+                if evaluation is None:
+                    evaluation = evaluations[key] = evaluate(device, plan, served, None, now)
+            else:
+                evaluation = evaluate(device, plan, served, status, now)
+            state, detail = evaluation.state, evaluation.detail
+            if plan.conflicts:
+                detail += f" (won over: {', '.join(plan.conflicts)})"
+            facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
+                         target_build=plan.target_build, deadline_local=plan.deadline_local,
+                         deadline_utc=plan.deadline_utc)
+            row = rows.pop(plan.policy_id, None)
+            if row is None:
+                inserts.append(dict(policy_id=plan.policy_id, device_id=device.id, state=state, detail=detail,
+                                    state_since=now, updated_at=now, **facts))
+                changes.append(dict(policy_id=plan.policy_id, device_id=device.id, changed_at=now, state=state,
+                                    previous_state=None, detail=detail, target_version=plan.target_version,
+                                    deadline_local=plan.deadline_local))
+            else:
+                if (row["state"] != state or row["target_version"] != plan.target_version
+                        or row["deadline_local"] != plan.deadline_local):
+                    changes.append(dict(policy_id=plan.policy_id, device_id=device.id, changed_at=now, state=state,
+                                        previous_state=row["state"], detail=detail,
+                                        target_version=plan.target_version, deadline_local=plan.deadline_local))
+                updates.append(dict(b_id=row["id"], state=state, detail=detail, updated_at=now,
+                                    b_moved=row["state"] != state, **facts))
+        for gone in rows.values():
+            changes.append(dict(policy_id=gone["policy_id"], device_id=device.id, changed_at=now, state="Removed",
+                                previous_state=gone["state"], detail="the policy no longer reaches this device",
+                                target_version=gone["target_version"], deadline_local=gone["deadline_local"]))
+            deletes.append(gone["id"])
+    if inserts:
+        db.session.execute(insert(result_table), inserts)
+    columns = ("state", "detail", "updated_at", "policy_name", "target_version", "target_build", "deadline_local",
+               "deadline_utc")
+    for moved in (True, False):
+        rows = [{k: v for k, v in u.items() if k != "b_moved"} for u in updates if u["b_moved"] is moved]
+        if rows:
+            values = {c: bindparam(c) for c in columns}
+            if moved:
+                values["state_since"] = now
+            db.session.execute(update(result_table).where(result_table.c.id == bindparam("b_id")).values(values),
+                               rows)
+    if changes:
+        db.session.execute(insert(PolicyResultChange.__table__), changes)
+    for start in range(0, len(deletes), 500):
+        db.session.execute(delete(result_table).where(result_table.c.id.in_(deletes[start:start + 500])))
 
 
 def _as_result(row: PolicyResult, device, status: DeviceStatus | None, with_history: bool) -> DeviceResult:

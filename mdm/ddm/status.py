@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
+from itertools import accumulate
 
 from flask import current_app
 
@@ -26,10 +28,30 @@ DECLARATION_KINDS = ("activations", "configurations", "assets", "management")
 VALID_STATES = ("unknown", "invalid", "valid")
 # Devices also send a user-channel push token in status; it is a secret and is not stored.
 _SECRET_PATHS = {"management.push-token"}
+# Real reports nest about 8 levels (StatusItems > management > declarations > kind > entry > reasons > ...).
+MAX_JSON_DEPTH = 32
+# Every declaration this server builds has an identifier in this namespace (mdm/ddm/declarations.py).
+OUR_IDENTIFIER_PREFIX = "mdm."
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 class StatusReportError(ValueError):
     """The report is malformed; the message says why."""
+
+
+class ForeignDeclarationError(StatusReportError):
+    """The report names a declaration of ours that this device was never given (HTTP 403)."""
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest [ / { nesting of a JSON text, counted without parsing (no recursion): strings are cut
+    out first so brackets inside them do not count."""
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    return max(accumulate(_BRACKET_STEP[b] for b in brackets))
 
 
 # ---- known item validators ------------------------------------------------------------------------
@@ -109,6 +131,11 @@ def parse_report(data: bytes | None) -> dict:
     """The decoded, validated report. Raises StatusReportError."""
     if not data:
         raise StatusReportError("no Data")
+    if not isinstance(data, bytes):
+        raise StatusReportError("Data must be bytes")
+    # Checked before json.loads, whose C parser recurses: a deep body never reaches it (or _validate_tree).
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise StatusReportError(f"Data nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         report = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -248,6 +275,7 @@ def ingest(device, data: bytes | None) -> DeviceStatus:
     now = utcnow()
 
     status = db.session.get(DeviceStatus, device.id)
+    _check_declarations_are_its_own(device, items, status)
     if status is None:
         status = DeviceStatus(device_id=device.id, items={}, errors=[], declarations={}, report_count=0)
         db.session.add(status)
@@ -280,6 +308,26 @@ def ingest(device, data: bytes | None) -> DeviceStatus:
         record_device_results(device)
         db.session.commit()
     return status
+
+
+def _check_declarations_are_its_own(device, items: dict, status: DeviceStatus | None) -> None:
+    """Refuse a report naming one of our declarations that is neither in this device's set nor already in
+    its status: that is another device's declaration (identifiers are per policy, shared by the devices
+    the policy reaches), and storing it would describe declarations this device never had. Foreign
+    identifiers (not ours) and removals are harmless and pass."""
+    reported = item(items, "management.declarations")
+    if not isinstance(reported, dict):
+        return
+    declaration_set = db.session.get(DeclarationSet, device.id)
+    served = {d["Identifier"] for d in (declaration_set.declarations if declaration_set else [])}
+    known = set((status.declarations or {}) if status is not None else ())
+    for kind in DECLARATION_KINDS:
+        for entry in reported.get(kind, []):
+            identifier = entry["identifier"]
+            if entry.get("_removed") is True or not identifier.startswith(OUR_IDENTIFIER_PREFIX):
+                continue
+            if identifier not in served and identifier not in known:
+                raise ForeignDeclarationError(f"declaration {identifier[:80]!r} was not served to this device")
 
 
 def _keep_raw(device, report: dict, full: bool, now) -> None:

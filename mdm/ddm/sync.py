@@ -6,12 +6,16 @@ a hash over the (identifier, ServerToken) pairs, so it changes exactly when the 
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 import plistlib
+import uuid
 from dataclasses import dataclass, field
 from typing import Iterable
+
+from sqlalchemy import bindparam, insert, select, update
 
 from ..extensions import db
 from ..models import Command, Device, utcnow
@@ -60,12 +64,18 @@ def compute_set(device) -> ComputedSet:
     """Everything this device should have: status subscriptions, the patch declarations its plan and
     OS allow, and an activation referencing all configurations. Missing pieces become notes."""
     notes: list[str] = []
-    configurations = [decl.status_subscriptions(device)]
     plan = None
     if device.runs_ios:
         plan, why = plan_for(device)
         if why:
             notes.append(why)
+    return build_set(device, plan, notes)
+
+
+def build_set(device, plan, notes: list[str] | None = None) -> ComputedSet:
+    """The set for this device and this plan (pure: reads only the device's facts and the plan)."""
+    notes = list(notes or ())
+    configurations = [decl.status_subscriptions(device)]
     if plan is not None:
         for build in (decl.software_update_settings, decl.enforcement_specific):
             try:
@@ -148,35 +158,266 @@ def find_declaration(row: DeclarationSet, declaration_type: str, identifier: str
 def refresh_devices(device_ids: Iterable[int]) -> set[int]:
     """Rebuild the sets of these devices. For each enrolled device whose DeclarationsToken changed, leave
     exactly one queued DeclarativeManagement command carrying the new SyncTokens and push it. Also installs
-    or removes the iOS 17 deferral profile, and refreshes stored results. Commits. Returns changed ids."""
-    from .results import record_device_results
+    or removes the iOS 17 deferral profile, and refreshes stored results. Commits. Returns changed ids.
+
+    Bulk on purpose (a policy edit can touch every device): per chunk of devices a handful of queries
+    read facts, plans, stored sets, waiting commands and results; sets are computed once per distinct
+    (device facts, plan); rows are written with executemany; one push request covers the chunk."""
+    from .results import record_results_bulk
     ids = sorted({int(i) for i in device_ids})
+    if not ids:
+        return set()
+    db.session.flush()            # a caller's pending changes (device facts) are what we read
+    run = _RefreshRun(utcnow())
     changed: set[int] = set()
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        devices = Device.query.filter(Device.id.in_(chunk)).all()
-        rows = {r.device_id: r for r in DeclarationSet.query.filter(DeclarationSet.device_id.in_(chunk))}
+    for start in range(0, len(ids), BULK_CHUNK):
+        chunk = ids[start:start + BULK_CHUNK]
+        devices = run.devices(chunk)
+        plans = run.plans(chunk)
+        stored = _stored_sets(chunk)
+        profile_wanted: dict[int, int | None] = {}
+        sync_wanted: dict[int, tuple[str, dt.datetime]] = {}
+        set_inserts, set_updates, result_inputs = [], [], []
         for device in devices:
-            computed = compute_set(device)
-            row, did_change = _store(device, computed, rows.get(device.id))
+            plan = plans.get(device.id) if device.runs_ios else None
+            computed = run.computed_set(device, plan)
+            old = stored.get(device.id)
             enrolled = device.enrollment_status == "enrolled"
-            if enrolled:
-                _sync_restrictions_profile(device, row, computed.restrictions_delay_days)
+            values: dict = {}
+            if old is None:
+                did_change, changed_at = True, run.now
+                values = {"declarations_token": computed.token, "declarations": computed.declarations,
+                          "notes": computed.notes, "changed_at": changed_at}
+                old_days = None
+            else:
+                did_change = old["declarations_token"] != computed.token
+                changed_at = run.now if did_change else old["changed_at"]
+                if old["notes"] != computed.notes:
+                    values["notes"] = computed.notes
+                if did_change:
+                    values.update(declarations_token=computed.token, declarations=computed.declarations,
+                                  changed_at=changed_at)
+                old_days = old["restrictions_delay_days"]
+            if enrolled and computed.restrictions_delay_days != old_days:
+                profile_wanted[device.id] = computed.restrictions_delay_days
+                values["restrictions_delay_days"] = computed.restrictions_delay_days
             if did_change:
                 changed.add(device.id)
                 if enrolled:
-                    _queue_sync_command(device, row)
-            record_device_results(device, computed.plan, row)
+                    sync_wanted[device.id] = (computed.token, changed_at)
+                    values.update(command_token=computed.token, command_queued_at=run.now)
+            if old is None:
+                set_inserts.append({"device_id": device.id, "restrictions_delay_days": None, "command_token": None,
+                                    "command_queued_at": None, **values})
+            elif values:
+                set_updates.append((device.id, values))
+            result_inputs.append((device, plan, computed.declarations, changed_at))
+        _write_sets(set_inserts, set_updates)
+        _write_commands(run, [d.id for d in devices], profile_wanted, sync_wanted)
+        record_results_bulk(result_inputs, run.now)
         db.session.commit()
+    db.session.expire_all()       # rows were written with bulk statements, past the identity map
     return changed
 
 
+BULK_CHUNK = 2000                 # devices per round; IN lists are cut to CHUNK ids
+_UUID_PLACEHOLDER = "@@COMMAND-UUID@@"
+
+
+class _DeviceFacts:
+    """The device columns declarations and results read, without loading the ORM object."""
+    __slots__ = ("id", "udid", "product_name", "model_name", "os_version", "is_supervised", "enrollment_status",
+                 "device_name", "build_version")
+    platform = property(Device.platform.fget)
+    runs_ios = property(Device.runs_ios.fget)
+
+    def __init__(self, row):
+        for name, value in zip(self.__slots__, row):
+            setattr(self, name, value)
+
+    def facts_key(self) -> tuple:
+        return (self.platform, self.os_version, bool(self.is_supervised))
+
+
+class _RefreshRun:
+    """What one refresh computes once and shares between devices: policies, plans, sets, command bodies."""
+
+    def __init__(self, now: dt.datetime):
+        self.now = now
+        self._policies: dict | None = None
+        self._plans: dict[tuple, object] = {}
+        self._sets: dict[tuple, ComputedSet] = {}
+        self._templates: dict[tuple, bytes] = {}
+        self.organization = None
+
+    def devices(self, ids: list[int]) -> list[_DeviceFacts]:
+        columns = [Device.__table__.c[name] for name in _DeviceFacts.__slots__]
+        out = []
+        for part in _parts(ids):
+            out += [_DeviceFacts(r) for r in db.session.execute(select(*columns).where(Device.id.in_(part)))]
+        return sorted(out, key=lambda d: d.id)
+
+    def plans(self, ids: list[int]) -> dict[int, object]:
+        """The stored patch plans of these devices (as ``patch_plan_for_device`` builds them), one object per
+        distinct plan."""
+        try:
+            from .models import DevicePatchTarget, PatchPolicy
+            from .plan import PatchPlan
+            from .policies import settings_of
+        except ModuleNotFoundError as exc:
+            if exc.name in ("mdm.ddm.plan",):
+                return {}
+            raise
+        if self._policies is None:
+            self._policies = {p.id: (p.name, settings_of(p)) for p in PatchPolicy.query}
+        table = DevicePatchTarget.__table__
+        fields = ("policy_id", "binding", "target_version", "target_build", "deadline_local", "deadline_utc",
+                  "reason", "compliant", "conflicts")
+        plans = {}
+        for part in _parts(ids):
+            query = select(table.c.device_id, *(table.c[f] for f in fields)).where(
+                table.c.device_id.in_(part), table.c.policy_id.is_not(None))
+            for device_id, *values in db.session.execute(query):
+                row = dict(zip(fields, values))
+                policy = self._policies.get(row["policy_id"])
+                if policy is None:
+                    continue
+                key = tuple(values[:-1]) + (tuple(row["conflicts"] or ()),)
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = self._plans[key] = PatchPlan(
+                        policy_id=row["policy_id"], policy_name=policy[0], binding=row["binding"],
+                        settings=policy[1], target_version=row["target_version"], target_build=row["target_build"],
+                        deadline_local=row["deadline_local"], deadline_utc=row["deadline_utc"], reason=row["reason"],
+                        compliant=bool(row["compliant"]), conflicts=tuple(row["conflicts"] or ()))
+                plans[device_id] = plan
+        return plans
+
+    def computed_set(self, device: _DeviceFacts, plan) -> ComputedSet:
+        key = (device.facts_key(), id(plan))     # plans are shared objects, kept alive by self._plans
+        computed = self._sets.get(key)
+        if computed is None:
+            computed = self._sets[key] = build_set(device, plan)
+        return computed
+
+    def payload_template(self, request_type: str, **params) -> bytes:
+        """The command plist with a placeholder CommandUUID: built once, then one bytes.replace per device
+        gives exactly what ``queue.enqueue`` would have stored."""
+        key = (request_type, tuple(sorted(params.items())))
+        template = self._templates.get(key)
+        if template is None:
+            from .. import commands
+            from ..plistio import dumps
+            body = commands.get(request_type).build(**params)
+            template = self._templates[key] = dumps({"CommandUUID": _UUID_PLACEHOLDER, "Command": body})
+        return template
+
+
+def _parts(ids: list[int]):
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i:i + CHUNK]
+
+
+def _stored_sets(ids: list[int]) -> dict[int, dict]:
+    """The stored sets' bookkeeping (not the declarations themselves: the token says whether they changed)."""
+    table = DeclarationSet.__table__
+    fields = ("declarations_token", "notes", "restrictions_delay_days", "changed_at")
+    out = {}
+    for part in _parts(ids):
+        for device_id, *values in db.session.execute(
+                select(table.c.device_id, *(table.c[f] for f in fields)).where(table.c.device_id.in_(part))):
+            out[device_id] = dict(zip(fields, values))
+    return out
+
+
+def _write_sets(inserts: list[dict], updates: list[tuple[int, dict]]) -> None:
+    table = DeclarationSet.__table__
+    if inserts:
+        db.session.execute(insert(table), inserts)
+    by_columns: dict[tuple, list[dict]] = {}
+    for device_id, values in updates:
+        by_columns.setdefault(tuple(sorted(values)), []).append({"b_device_id": device_id, **values})
+    for columns, rows in by_columns.items():
+        db.session.execute(update(table).where(table.c.device_id == bindparam("b_device_id"))
+                           .values({c: bindparam(c) for c in columns}), rows)
+
+
+def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dict[int, int | None],
+                    sync_wanted: dict[int, tuple[str, dt.datetime]]) -> None:
+    """The iOS 17 restrictions profile commands, then the DeclarativeManagement commands, in device order
+    (what ``_sync_restrictions_profile`` and ``_queue_sync_command`` do one device at a time)."""
+    if not profile_wanted and not sync_wanted:
+        return
+    table = Command.__table__
+    supersede: list[int] = []
+    rewrites: list[dict] = []
+    waiting_sync: dict[int, list[tuple[int, str]]] = {}
+    waiting_profile: dict[int, list[tuple[int, bytes]]] = {}
+    for part in _parts(sorted(set(profile_wanted) | set(sync_wanted))):
+        query = (select(table.c.id, table.c.device_id, table.c.request_type, table.c.uuid, table.c.payload)
+                 .where(table.c.device_id.in_(part), table.c.status == "queued",
+                        table.c.request_type.in_(("DeclarativeManagement", "InstallProfile", "RemoveProfile")))
+                 .order_by(table.c.id))
+        for command_id, device_id, request_type, command_uuid, payload in db.session.execute(query):
+            if request_type == "DeclarativeManagement":
+                waiting_sync.setdefault(device_id, []).append((command_id, command_uuid))
+            else:
+                waiting_profile.setdefault(device_id, []).append((command_id, payload))
+    new_commands: list[dict] = []
+    pushed: list[int] = []
+    for device_id in device_ids:
+        if device_id in profile_wanted:
+            supersede += [cid for cid, payload in waiting_profile.get(device_id, ())
+                          if _payload_targets_restrictions_profile(payload)]
+            days = profile_wanted[device_id]
+            if days:
+                if run.organization is None:
+                    from flask import current_app
+                    run.organization = current_app.config.get("ORGANIZATION", "MDM")
+                template = run.payload_template("InstallProfile",
+                                                payload=decl.restrictions_profile(days, run.organization))
+                new_commands.append(_command_row(run, device_id, "InstallProfile", template))
+            else:
+                template = run.payload_template("RemoveProfile", identifier=decl.RESTRICTIONS_PROFILE_ID)
+                new_commands.append(_command_row(run, device_id, "RemoveProfile", template))
+            pushed.append(device_id)
+        if device_id in sync_wanted:
+            token, changed_at = sync_wanted[device_id]
+            tokens = {"DeclarationsToken": token,
+                      "Timestamp": changed_at.replace(microsecond=0).isoformat() + "Z"}
+            data = json.dumps({"SyncTokens": tokens}, separators=(",", ":")).encode()
+            template = run.payload_template("DeclarativeManagement", data=data)
+            waiting = waiting_sync.get(device_id)
+            if waiting:
+                # A still-queued one is rewritten with the new tokens instead of piling up another.
+                (keep_id, keep_uuid), extra = waiting[0], waiting[1:]
+                rewrites.append({"b_id": keep_id, "payload": template.replace(
+                    _UUID_PLACEHOLDER.encode(), keep_uuid.encode())})
+                supersede += [cid for cid, _ in extra]   # left by an older version or a race
+            else:
+                new_commands.append(_command_row(run, device_id, "DeclarativeManagement", template))
+            if not pushed or pushed[-1] != device_id:
+                pushed.append(device_id)
+    for part in _parts(supersede):
+        db.session.execute(update(table).where(table.c.id.in_(part))
+                           .values(status="Superseded", completed_at=run.now))
+    if rewrites:
+        db.session.execute(update(table).where(table.c.id == bindparam("b_id"))
+                           .values(payload=bindparam("payload")), rewrites)
+    if new_commands:
+        db.session.execute(insert(table), new_commands)
+        log.info("queued %d commands for %d devices (declarations changed)", len(new_commands), len(pushed))
+    _request_push(pushed)
+
+
+def _command_row(run: _RefreshRun, device_id: int, request_type: str, template: bytes) -> dict:
+    command_uuid = str(uuid.uuid4()).upper()
+    return {"uuid": command_uuid, "device_id": device_id, "request_type": request_type,
+            "payload": template.replace(_UUID_PLACEHOLDER.encode(), command_uuid.encode()), "status": "queued",
+            "not_now_count": 0, "queued_by": "ddm", "queued_at": run.now}
+
+
 # ---- commands -------------------------------------------------------------------------------------
-def _enqueue(device, request_type: str, **params) -> Command:
-    from ..queue import enqueue
-    return enqueue(device, request_type, queued_by="ddm", **params)
-
-
 def _request_push(device_ids: list[int]) -> None:
     try:
         from ..push import request_push
@@ -187,51 +428,9 @@ def _request_push(device_ids: list[int]) -> None:
     request_push(device_ids)
 
 
-def _queue_sync_command(device, row: DeclarationSet) -> None:
-    """One DeclarativeManagement command per device: a still-queued one is rewritten with the new tokens
-    instead of piling up another."""
-    data = json.dumps({"SyncTokens": sync_tokens(row)}, separators=(",", ":")).encode()
-    waiting = (Command.query.filter_by(device_id=device.id, request_type="DeclarativeManagement", status="queued")
-               .order_by(Command.id).all())
-    if waiting:
-        keep, extra = waiting[0], waiting[1:]
-        plist = plistlib.loads(keep.payload)
-        plist["Command"]["Data"] = data
-        keep.payload = plistlib.dumps(plist, fmt=plistlib.FMT_XML, sort_keys=True)
-        for command in extra:   # left by an older version or a race: supersede, keep the history
-            _supersede(command)
-        _request_push([device.id])
-    else:
-        _enqueue(device, "DeclarativeManagement", data=data)
-    row.command_token = row.declarations_token
-    row.command_queued_at = utcnow()
-
-
-def _supersede(command: Command) -> None:
-    command.status = "Superseded"
-    command.completed_at = utcnow()
-
-
-def _sync_restrictions_profile(device, row: DeclarationSet, wanted_days: int | None) -> None:
-    """Install, update or remove the iOS 17 deferral restrictions profile by MDM command."""
-    if wanted_days == row.restrictions_delay_days:
-        return
-    for command in Command.query.filter(Command.device_id == device.id, Command.status == "queued",
-                                        Command.request_type.in_(("InstallProfile", "RemoveProfile"))):
-        if _targets_restrictions_profile(command):
-            _supersede(command)
-    if wanted_days:
-        from flask import current_app
-        organization = current_app.config.get("ORGANIZATION", "MDM")
-        _enqueue(device, "InstallProfile", payload=decl.restrictions_profile(wanted_days, organization))
-    else:
-        _enqueue(device, "RemoveProfile", identifier=decl.RESTRICTIONS_PROFILE_ID)
-    row.restrictions_delay_days = wanted_days
-
-
-def _targets_restrictions_profile(command: Command) -> bool:
+def _payload_targets_restrictions_profile(payload: bytes) -> bool:
     try:
-        body = plistlib.loads(command.payload)["Command"]
+        body = plistlib.loads(payload)["Command"]
     except Exception:
         return False
     if body.get("Identifier") == decl.RESTRICTIONS_PROFILE_ID:

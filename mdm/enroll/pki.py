@@ -1,6 +1,8 @@
 """Our own PKI: organisation CA, TLS server certificate, profile-signing identity, device identities.
 
-Created on first run in ``CERTS_DIR``; private keys are written with 0600 permissions and never logged.
+Created on first run in ``CERTS_DIR``; private keys are written with 0600 permissions, sealed with the
+instance's secrets key (``mdm.secrets``) and never logged. Plaintext keys left by an earlier release are
+sealed in place the first time the server starts with a secrets key.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, is_sealed,
+                       write_secret_file)
+
 KEY_SIZE = 2048
 
 
@@ -23,23 +28,52 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def write_private_key(path: Path, key) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+def private_key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+
+
+def write_private_key(path: Path, key, box: SecretBox | None = None) -> None:
+    """Write ``key`` 0600, sealed with ``box`` (the app's secrets key when in an app context).
+    Plaintext only without any key at all (the test suite's shared PKI template)."""
+    box = box or current_box()
+    data = private_key_pem(key)
+    write_secret_file(Path(path), box.seal(data) if box else data)
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def load_private_key(path: Path):
-    return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+def read_private_key_pem(path: Path, box: SecretBox | None = None) -> bytes:
+    """The key in ``path`` as plaintext PEM, in memory only (opened with the secrets key if sealed)."""
+    data = Path(path).read_bytes()
+    if not is_sealed(data):
+        return data
+    box = box or current_box()
+    if box is None:
+        raise SecretsKeyError(f"{path} is sealed and no secrets key is available here")
+    return box.open(data, what=str(path))
+
+
+def load_private_key(path: Path, box: SecretBox | None = None):
+    return serialization.load_pem_private_key(read_private_key_pem(path, box), password=None)
+
+
+def seal_plaintext_keys(certs_dir: Path, box: SecretBox) -> list[str]:
+    """Seal every plaintext private key in ``certs_dir`` (an install from before secrets at rest).
+    Returns the file names sealed. Idempotent."""
+    sealed = []
+    for path in sorted(Path(certs_dir).iterdir()):
+        if not (KEY_FILE_PATTERN.match(path.name) and path.is_file()):
+            continue
+        data = path.read_bytes()
+        if is_sealed(data):
+            continue
+        key = serialization.load_pem_private_key(data, password=None)  # refuse to seal garbage
+        write_secret_file(path, box.seal(private_key_pem(key)))
+        sealed.append(path.name)
+    return sealed
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -129,6 +163,7 @@ class PKI:
     ca_cert: x509.Certificate
     signing_key: object
     signing_cert: x509.Certificate
+    box: SecretBox | None = None
 
     @property
     def ca_pem(self) -> bytes:
@@ -150,22 +185,35 @@ class PKI:
     def ca_cert_path(self) -> Path:
         return self.certs_dir / "ca.pem"
 
+    def tls_context(self):
+        """The server's TLS context, its key opened in memory (the file on disk stays sealed)."""
+        import ssl
+        from ..secrets import load_cert_chain
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        load_cert_chain(context, self.tls_cert_path, read_private_key_pem(self.tls_key_path, self.box))
+        return context
+
     def issue_device_identity(self, public_key, subject: x509.Name, days: int) -> x509.Certificate:
         return issue_certificate(self.ca_key, self.ca_cert, public_key, subject, days=days,
                                  eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
-def ensure_pki(certs_dir: str | Path, hostnames: list[str], org: str) -> PKI:
-    """Create whatever is missing (idempotent). The TLS certificate is re-issued when the host names change."""
+def ensure_pki(certs_dir: str | Path, hostnames: list[str], org: str, box: SecretBox | None = None) -> PKI:
+    """Create whatever is missing (idempotent). The TLS certificate is re-issued when the host names change.
+
+    With ``box`` every key is sealed (plaintext keys from an earlier release are sealed first); without
+    it keys are plaintext, which only the test suite's shared template does."""
     certs = Path(certs_dir)
     certs.mkdir(parents=True, exist_ok=True)
     os.chmod(certs, 0o700)
+    if box is not None:
+        seal_plaintext_keys(certs, box)
     ca_key_path, ca_cert_path = certs / "ca.key", certs / "ca.pem"
     if not (ca_key_path.exists() and ca_cert_path.exists()):
         key, cert = create_ca(org)
-        write_private_key(ca_key_path, key)
+        write_private_key(ca_key_path, key, box)
         write_cert(ca_cert_path, cert)
-    ca_key, ca_cert = load_private_key(ca_key_path), load_cert(ca_cert_path)
+    ca_key, ca_cert = load_private_key(ca_key_path, box), load_cert(ca_cert_path)
 
     tls_key_path, tls_cert_path = certs / "tls.key", certs / "tls.pem"
     wanted = {str(e.value) for e in _san_entries(hostnames)}
@@ -180,7 +228,7 @@ def ensure_pki(certs_dir: str | Path, hostnames: list[str], org: str) -> PKI:
         key = new_key()
         cert = issue_certificate(ca_key, ca_cert, key.public_key(), _name(hostnames[0], org), days=825,
                                  eku=[ExtendedKeyUsageOID.SERVER_AUTH], sans=_san_entries(hostnames))
-        write_private_key(tls_key_path, key)
+        write_private_key(tls_key_path, key, box)
         # Serve the chain so clients that only trust the CA still build the path.
         tls_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
                                   ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -191,9 +239,9 @@ def ensure_pki(certs_dir: str | Path, hostnames: list[str], org: str) -> PKI:
         cert = issue_certificate(ca_key, ca_cert, key.public_key(), _name(f"{org} Profile Signing", org),
                                  days=1825, eku=[ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.EMAIL_PROTECTION],
                                  key_encipherment=False)
-        write_private_key(sign_key_path, key)
+        write_private_key(sign_key_path, key, box)
         write_cert(sign_cert_path, cert)
-    return PKI(certs, ca_key, ca_cert, load_private_key(sign_key_path), load_cert(sign_cert_path))
+    return PKI(certs, ca_key, ca_cert, load_private_key(sign_key_path, box), load_cert(sign_cert_path), box)
 
 
 _lock = threading.Lock()
@@ -208,6 +256,8 @@ def get_pki(app=None) -> PKI:
         with _lock:
             pki = app.extensions.get("mdm_pki")
             if pki is None:
-                pki = ensure_pki(app.config["CERTS_DIR"], tls_hostnames(app.config), app.config["ORGANIZATION"])
+                from ..secrets import get_box
+                pki = ensure_pki(app.config["CERTS_DIR"], tls_hostnames(app.config), app.config["ORGANIZATION"],
+                                 get_box(app))
                 app.extensions["mdm_pki"] = pki
     return pki

@@ -1,6 +1,7 @@
 """Enrollment and SCEP HTTP endpoints. Thin: parse the request, call the service, serialise the answer.
 
 Device-facing: never 401 or 500 for bad input; a refusal is 400/403/404/413 with a plain-text reason.
+Failed token lookups and refused SCEP requests are throttled per address (mdm/throttle.py): 429.
 """
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import base64
 import binascii
 import logging
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
+from ..extensions import db
+from ..models import audit
+from ..throttle import client_address, enrollment_throttle
 from . import scep
 from .pki import get_pki
 from .profile import ProfileUnavailable, download_enrollment_profile
@@ -31,13 +35,40 @@ def _refuse(status: int, reason: str) -> Response:
     return Response(reason + "\n", status=status, mimetype="text/plain")
 
 
+def _throttled() -> Response | None:
+    """429 when this address has failed too often within the last minute."""
+    wait = enrollment_throttle().retry_after(client_address(request, current_app.config))
+    if wait is None:
+        return None
+    response = _refuse(429, f"too many failed enrollment attempts; retry in {wait} s")
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _failed() -> None:
+    """Count a failed token lookup or refused SCEP request; audit when the address becomes throttled."""
+    address = client_address(request, current_app.config)
+    throttle = enrollment_throttle()
+    if throttle.record_failure(address):
+        route = request.url_rule.rule if request.url_rule is not None else "?"
+        log.warning("throttling %s: %d failed enrollment attempts within a minute", address, throttle.limit)
+        db.session.rollback()
+        audit("enroll.throttled", actor="device", source=address,
+              detail=f"{throttle.limit} failed attempts within a minute; last on {route}")
+        db.session.commit()
+
+
 @bp.get("/enroll/<token>")
 def enrollment_profile(token: str):
     """The enrollment profile, signed (or plain XML with ?unsigned=1 for tools that cannot read CMS)."""
+    throttled = _throttled()
+    if throttled is not None:
+        return throttled
     unsigned = request.args.get("unsigned", "").lower() in ("1", "true", "yes")
     try:
         data = download_enrollment_profile(token, signed=not unsigned, source=request.remote_addr)
     except TokenError as exc:
+        _failed()
         return _refuse(exc.status_code, exc.reason)
     except ProfileUnavailable as exc:
         return _refuse(exc.status_code, exc.reason)
@@ -63,26 +94,36 @@ def scep_endpoint():
         return Response(scep.ca_cert_der(), mimetype=CA_MIMETYPE)
     if operation != "PKIOperation":
         return _refuse(400, f"unsupported SCEP operation {operation[:40]!r}")
+    throttled = _throttled()
+    if throttled is not None:
+        return throttled
+    response, refused = _pki_operation()
+    if refused:
+        _failed()
+    return response
 
+
+def _pki_operation() -> tuple[Response, bool]:
+    """The answer, and whether the request was refused (an HTTP refusal or a CertRep FAILURE)."""
     if request.method == "POST":
         if (request.content_length or 0) > scep.MAX_MESSAGE_BYTES:
-            return _refuse(413, f"PKIOperation body over {scep.MAX_MESSAGE_BYTES} bytes")
+            return _refuse(413, f"PKIOperation body over {scep.MAX_MESSAGE_BYTES} bytes"), True
         message = request.stream.read(scep.MAX_MESSAGE_BYTES + 1)
         if len(message) > scep.MAX_MESSAGE_BYTES:
-            return _refuse(413, f"PKIOperation body over {scep.MAX_MESSAGE_BYTES} bytes")
+            return _refuse(413, f"PKIOperation body over {scep.MAX_MESSAGE_BYTES} bytes"), True
     else:
         encoded = request.args.get("message", "")
         if len(encoded) > scep.MAX_MESSAGE_BYTES * 4 // 3 + 4:
-            return _refuse(413, f"PKIOperation message over {scep.MAX_MESSAGE_BYTES} bytes")
+            return _refuse(413, f"PKIOperation message over {scep.MAX_MESSAGE_BYTES} bytes"), True
         try:
             message = _decode_base64(encoded)
         except (binascii.Error, ValueError):
-            return _refuse(400, "the message parameter is not base64")
+            return _refuse(400, "the message parameter is not base64"), True
     try:
         result = scep.handle_pki_operation(message, source=request.remote_addr)
     except scep.ScepRequestError as exc:
-        return _refuse(400, str(exc))
-    return Response(result.response, mimetype=PKI_MESSAGE_MIMETYPE)
+        return _refuse(400, str(exc)), True
+    return Response(result.response, mimetype=PKI_MESSAGE_MIMETYPE), result.status != scep.PKIStatus.SUCCESS
 
 
 def _decode_base64(value: str) -> bytes:

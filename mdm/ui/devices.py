@@ -10,7 +10,7 @@ from . import current_actor, current_source
 from .access import is_htmx, requires
 from .device_query import PATCH_STATES, DeviceFilters, device_page, filter_choices
 from .group_ops import GroupError, add_members
-from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_device_command
+from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_bulk_command, queue_device_command
 from .device_facts import declarations_for, policy_results_for
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
@@ -54,8 +54,7 @@ def bulk():
         request_type = action.split(":", 1)[1]
         devices = Device.query.filter(Device.id.in_(ids)).all()
         try:
-            for device in devices:
-                queue_device_command(device, request_type, actor=current_actor())
+            queue_bulk_command(devices, request_type, actor=current_actor())
         except (ValueError, NotAvailable) as exc:
             db.session.rollback()
             return _bulk_answer(str(exc), error=True)

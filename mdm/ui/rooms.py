@@ -42,3 +42,11 @@ def queue_device_command(device, request_type: str, *, actor: str):
         raise ValueError(f"command: {request_type!r} is not one of {', '.join(ADMIN_COMMANDS)}")
     enqueue = require("mdm.queue", "enqueue")   # raises CommandError (a ValueError) with the reason
     return enqueue(device, request_type, queued_by=actor)
+
+
+def queue_bulk_command(devices, request_type: str, *, actor: str):
+    """Queue one command on each device, all or nothing (mdm.queue.enqueue_bulk); returns the Command rows."""
+    if request_type not in ADMIN_COMMANDS:
+        raise ValueError(f"command: {request_type!r} is not one of {', '.join(ADMIN_COMMANDS)}")
+    enqueue_bulk = require("mdm.queue", "enqueue_bulk")
+    return enqueue_bulk(devices, request_type, queued_by=actor)
