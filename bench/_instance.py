@@ -48,6 +48,7 @@ class Instance:
             "MDM_DATABASE_URL": f"sqlite:///{self.workdir / 'db.sqlite'}",
             "MDM_CERTS_DIR": str(self.workdir / "certs"),
             "MDM_SECRET_KEY": state["secret_key"],
+            "MDM_INSTANCE_PATH": str(self.workdir / "instance"),
             "MDM_SERVER_URL": self.url,
             "MDM_LISTEN_HOST": "127.0.0.1",
             "MDM_PORT": str(self.port),
@@ -185,25 +186,29 @@ def enrolled_devices(instance: Instance, count: int, *, workers: int = 4) -> lis
 
 
 def bind_default_rings(instance: Instance) -> None:
-    """The real 2024-09-20 feed, the four default rings, every device in one of four ring groups."""
+    """The real 2024-09-20 feed, the four default rings bound to four groups, every device in one of them
+    (devices enrolled since an earlier run join a group too); targets and declarations recomputed."""
     app = instance.app()
     with app.app_context():
         from mdm.ddm import catalog, rings
+        from mdm.ddm.groups import add_devices, create_group, member_ids, require_group
         from mdm.ddm.models import PatchPolicy
         from mdm.ddm.plan import recompute
+        from mdm.ddm.policies import bind_policy, require_policy
         from mdm.extensions import db
-        from mdm.models import Device, DeviceGroup
-        from mdm.ddm.groups import add_devices, create_group
-        from mdm.ddm.policies import bind_policy
-        if PatchPolicy.query.count():
-            return
-        catalog.apply_feed(catalog.load_feed_file(FEED), str(FEED))
-        results = rings.load_default_rings()
-        ids = [d.id for d in Device.query.order_by(Device.id)]
-        for n, ring in enumerate(results):
-            group = create_group(f"{ring.ring} devices")
-            add_devices(group, ids[n::len(results)])
-            bind_policy(ring.policy_id, groups=[group.id])
+        from mdm.models import Device
+        if not PatchPolicy.query.count():
+            catalog.apply_feed(catalog.load_feed_file(FEED), str(FEED))
+            for ring in rings.load_default_rings():
+                group = create_group(f"{ring.ring} devices")
+                bind_policy(ring.policy_id, groups=[group.id])
+            db.session.commit()
+        groups = [require_group(f"{ring} devices") for ring, *_ in rings.DEFAULT_RINGS]
+        grouped = set().union(*(member_ids(g) for g in groups))
+        ids = [d.id for d in Device.query.order_by(Device.id) if d.id not in grouped]
+        for n, group in enumerate(groups):
+            if ids[n::len(groups)]:
+                add_devices(group, ids[n::len(groups)])
         db.session.commit()
         recompute()
         db.session.remove()

@@ -124,8 +124,13 @@ def _sqlite_snapshot(database: str, dest: Path) -> None:
 
 def _pg_env(url) -> tuple[list[str], dict]:
     env = dict(os.environ)
-    args = ["--host", url.host or "localhost", "--port", str(url.port or 5432), "--username", url.username or "",
-            "--dbname", url.database or ""]
+    # A Unix socket directory may come as ?host=/run/postgresql (libpq style) instead of a host name.
+    host = url.query.get("host") or url.host or "localhost"
+    if isinstance(host, tuple):
+        host = host[0]
+    args = ["--host", host, "--port", str(url.port or 5432), "--dbname", url.database or ""]
+    if url.username:
+        args += ["--username", url.username]
     if url.password:
         env["PGPASSWORD"] = url.password  # not on the command line, where ps would show it
     return args, env
@@ -260,21 +265,18 @@ def _refuse_non_fresh(certs: Path, url) -> None:
     if (certs / "ca.key").exists():
         raise BackupError(f"{certs} already holds a CA key: restore only into a fresh instance "
                           "(or pass --force to overwrite it)")
-    if url.get_backend_name() == "sqlite":
-        path = Path(url.database)
-        if path.exists() and path.stat().st_size > 0 and _sqlite_has_devices(path):
-            raise BackupError(f"{path} already holds devices: restore only into a fresh instance "
-                              "(or pass --force to overwrite it)")
-
-
-def _sqlite_has_devices(path: Path) -> bool:
-    con = sqlite3.connect(path)
+    if url.get_backend_name() == "sqlite" and not Path(url.database).exists():
+        return
+    from .extensions import db
     try:
-        return bool(con.execute("SELECT 1 FROM devices LIMIT 1").fetchone())
-    except sqlite3.Error:
-        return False
+        has_devices = db.session.execute(db.text("SELECT 1 FROM devices LIMIT 1")).first() is not None
+    except Exception:  # no schema yet: fresh
+        has_devices = False
     finally:
-        con.close()
+        db.session.rollback()
+    if has_devices:
+        raise BackupError(f"{url.render_as_string(hide_password=True)} already holds devices: restore only "
+                          "into a fresh instance (or pass --force to overwrite it)")
 
 
 def _copy_private(source: Path, dest: Path) -> None:

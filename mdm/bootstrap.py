@@ -21,6 +21,8 @@ def initialise() -> list[str]:
     from .secrets import get_box
     box = get_box()  # first: a missing or wrong secrets key stops here, before anything is written
     init_db()
+    from .secrets import seal_device_tokens
+    seal_device_tokens(box)  # rows from a release that stored device tokens in the clear
     pki = get_pki()
     lines = [f"Database: {_safe_url(current_app.config['SQLALCHEMY_DATABASE_URI'])}",
              f"Secrets key: {box.source}",

@@ -33,8 +33,10 @@ _PATTERNS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"-----BEGIN [A-Z0-9 ]*(?:PRIVATE KEY|SEALED SECRET)-----.*?"
                 r"(?:-----END [A-Z0-9 ]*(?:PRIVATE KEY|SEALED SECRET)-----|\Z)", re.S), "[REDACTED PRIVATE KEY]"),
     # plist XML: <key>Token</key><data>…</data> / <string>…</string>
-    (re.compile(r"(<key>\s*(?:Token|PushMagic|UnlockToken|BootstrapToken|Challenge|Password|"
-                r"AuthToken|Mdm-Signature)\s*</key>\s*<(data|string)>).*?(</\2>)", re.S | re.I), r"\1" + REDACTED + r"\3"),
+    # (whitespace may be real or, in a logged bytes repr, escaped as \n and \t)
+    (re.compile(r"(<key>(?:\s|\\[nrt])*(?:Token|PushMagic|UnlockToken|BootstrapToken|Challenge|Password|"
+                r"AuthToken|Mdm-Signature)(?:\s|\\[nrt])*</key>(?:\s|\\[nrt])*<(data|string)>).*?(</\2>)",
+                re.S | re.I), r"\1" + REDACTED + r"\3"),
     # name=value, name: value, "name": "value", 'Name': b'...' (dict reprs, headers, query strings, JSON)
     (re.compile(r"""(?ix)(["']?\b(?:""" + _SECRET_NAMES + r""")\b["']?\s*[:=]\s*)"""
                 r"""(?:bearer\s+|basic\s+)?(b?'[^']*'|b?"[^"]*"|[^\s,;&}<\])]+)"""), r"\1" + REDACTED),
@@ -42,6 +44,8 @@ _PATTERNS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(/enroll/)[^\s/?#\"'<>]+"), r"\1" + REDACTED),
     # SCEP PKIOperation over GET carries the request (with the challenge) in ?message=
     (re.compile(r"([?&]message=)[^\s&\"']+"), r"\1" + REDACTED),
+    # APNs request paths (push.py's own filter on httpx writes the same)
+    (re.compile(r"(/3/device/)[0-9a-fA-F]+"), r"\1<token>"),
     # APNs device tokens (32 bytes as hex) wherever they appear
     (re.compile(r"\b[0-9a-fA-F]{64}\b"), REDACTED),
     # long base64 runs: CMS signatures (Mdm-Signature), DER blobs, tokens as base64
@@ -49,8 +53,22 @@ _PATTERNS: list[tuple[re.Pattern, str]] = [
 ]
 
 
+# A pattern only runs when its cheap trigger is in the text (None: always): most lines need two scans.
+_TRIGGERS = ("-----BEGIN", "</key>", None, "/enroll/", "message=", "/3/device/", None, None)
+
+
+_NAME_HINT = re.compile(r"token|magic|signature|challenge|passw|secret|authoriz|cookie")
+
+
 def redact(text: str) -> str:
-    for pattern, replacement in _PATTERNS:
+    lowered = None
+    for (pattern, replacement), trigger in zip(_PATTERNS, _TRIGGERS):
+        if trigger is not None and trigger not in text:
+            continue
+        if pattern is _PATTERNS[2][0]:
+            lowered = lowered or text.lower()
+            if not _NAME_HINT.search(lowered):
+                continue
         text = pattern.sub(replacement, text)
     return text
 
@@ -59,20 +77,19 @@ class RedactingFilter(logging.Filter):
     """Rewrites each record's message and traceback with secrets removed (never drops a record)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "_mdm_redacted", False):
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string: keep what we can
-            message = f"{record.msg!r} {record.args!r}"
-        record.msg, record.args = redact(message), None
+        if not getattr(record, "_mdm_redacted", False):
+            try:
+                message = record.getMessage()
+            except Exception:  # a broken format string: keep what we can
+                message = f"{record.msg!r} {record.args!r}"
+            record.msg, record.args = redact(message), None
+            record._mdm_redacted = True
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
-        record._mdm_redacted = True
         return True
 
 
@@ -146,8 +163,24 @@ def configure(config=None, *, stream=None) -> None:
     root.setLevel(str(config.get("LOG_LEVEL") or "INFO").upper())
     for h in root.handlers:
         _add_filters(h)
+    _install_record_factory()
     # cheroot logs through its own logger objects; route them to ours.
     logging.getLogger("cheroot").propagate = True
+
+
+def _install_record_factory() -> None:
+    """Redact at the moment a record is made as well, so handlers added later (by a library, a test
+    runner, an operator's logging config) never see a secret either."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_mdm_redacting", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = current(*args, **kwargs)
+        _redactor.filter(record)
+        return record
+    factory._mdm_redacting = True
+    logging.setLogRecordFactory(factory)
 
 
 def _add_filters(handler: logging.Handler) -> None:
@@ -156,4 +189,5 @@ def _add_filters(handler: logging.Handler) -> None:
         handler.addFilter(RedactingFilter())
 
 
+_redactor = RedactingFilter()
 access_log = logging.getLogger("mdm.access")

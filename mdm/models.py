@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Index
 
 from .extensions import db
+from .secrets import SealedBytes
 
 
 def utcnow() -> datetime:
@@ -35,8 +36,8 @@ class Device(db.Model):
     push_token = db.Column(db.String(128))           # hex
     push_magic = db.Column(db.String(128))
     push_token_invalid = db.Column(db.Boolean, nullable=False, default=False)
-    unlock_token = db.Column(db.LargeBinary)
-    bootstrap_token = db.Column(db.LargeBinary)
+    unlock_token = db.Column(SealedBytes)            # device secrets: sealed with the secrets key
+    bootstrap_token = db.Column(SealedBytes)
     inventory = db.Column(db.JSON, nullable=False, default=dict)  # latest query responses
     enrolled_at = db.Column(db.DateTime)
     unenrolled_at = db.Column(db.DateTime)

@@ -18,7 +18,6 @@ Size limits are checked by the caller on Content-Length and on the bytes read.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 import plistlib
@@ -80,6 +79,8 @@ class _Reader:
         parser.StartDoctypeDeclHandler = self._doctype
         parser.EntityDeclHandler = self._entity
         parser.ExternalEntityRefHandler = self._external_entity
+        # An undeclared entity is skipped silently when a DOCTYPE names an external subset: refuse it.
+        parser.SkippedEntityHandler = self._skipped_entity
         parser.StartElementHandler = self._start
         parser.EndElementHandler = self._end
         parser.CharacterDataHandler = self._characters
@@ -104,6 +105,9 @@ class _Reader:
 
     def _external_entity(self, *args):
         raise PlistError("external entities are not allowed")
+
+    def _skipped_entity(self, name, is_parameter_entity):
+        raise PlistError("entity references are not allowed")
 
     def _start(self, name, attributes):
         if self.scalar is not None:
@@ -206,8 +210,8 @@ def _scalar(name: str, text: str):
             raise PlistError(f"invalid date {text[:40]!r}") from None
     if name == "data":
         try:
-            return base64.b64decode(_BASE64_WHITESPACE.sub("", text), validate=True)
-        except (binascii.Error, ValueError):
+            return binascii.a2b_base64(_BASE64_WHITESPACE.sub("", text).encode("ascii"), strict_mode=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
             raise PlistError("invalid base64 in <data>") from None
     raise PlistError(f"malformed plist: unknown element <{name}>")   # pragma: no cover
 

@@ -36,15 +36,21 @@ def main() -> int:
     if app.config["SCHEDULER_ENABLED"]:
         from .scheduler import start_scheduler
         scheduler = start_scheduler(app)
+    server.prepare()   # bound and listening before we say so
     print(f"Serving on {app.config['SERVER_URL']}/ (listening on {app.config['LISTEN_HOST']}:{app.config['PORT']}, "
           f"{app.config['THREADS']} threads)", flush=True)
 
     def stop(signum, frame):
-        server.stop()
+        # Raised in the serving thread, which then stops the server below (calling server.stop()
+        # from inside the handler would wait for the very loop it interrupts).
+        raise SystemExit(0)
     signal.signal(signal.SIGTERM, stop)
     try:
-        server.safe_start()
+        server.serve()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("shutting down")
     finally:
+        server.stop()
         if scheduler:
             scheduler.shutdown(wait=False)
     return 0

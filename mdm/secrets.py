@@ -220,3 +220,84 @@ def load_cert_chain(context, cert_path, key_pem: bytes) -> None:
         os.close(read_fd)
         if write_fd is not None:
             os.close(write_fd)
+
+
+# ---------------------------------------------------------------- device secrets in the database
+
+_RAW_MAGIC = b"MDMS1"
+
+
+def seal_raw(box: SecretBox, plaintext: bytes) -> bytes:
+    """Binary form for database columns: magic, key id, nonce, AES-256-GCM ciphertext."""
+    nonce = os.urandom(12)
+    return _RAW_MAGIC + box.key_id + nonce + AESGCM(box.key).encrypt(nonce, plaintext, b"mdm sealed column v1")
+
+
+def is_sealed_raw(value: bytes | None) -> bool:
+    return bool(value) and bytes(value[:5]) == _RAW_MAGIC
+
+
+def open_raw(box: SecretBox, value: bytes) -> bytes:
+    value = bytes(value)
+    if value[5:13] != box.key_id:
+        raise SecretsKeyError(f"a sealed database value was sealed with another key than the one from {box.source}")
+    try:
+        return AESGCM(box.key).decrypt(value[13:25], value[25:], b"mdm sealed column v1")
+    except InvalidTag:
+        raise SecretsKeyError("a sealed database value is damaged (authentication failed)") from None
+
+
+def _column_box() -> SecretBox:
+    box = current_box()
+    if box is None:
+        raise SecretsKeyError("sealed database columns are only readable inside the application")
+    return box
+
+
+try:
+    from sqlalchemy import LargeBinary
+    from sqlalchemy.types import TypeDecorator
+except ImportError:  # pragma: no cover  (SQLAlchemy is a dependency)
+    TypeDecorator = object
+
+
+class SealedBytes(TypeDecorator):
+    """A LargeBinary column whose values are sealed with the secrets key (device UnlockToken and
+    BootstrapToken). Rows written before sealing existed read back as they are and are sealed by
+    ``seal_device_tokens`` at start-up. Same column type in the schema, so no migration is needed."""
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        return seal_raw(_column_box(), bytes(value))
+
+    def process_result_value(self, value, dialect):
+        if value is None or not is_sealed_raw(value):
+            return value
+        return open_raw(_column_box(), value)
+
+
+SEALED_DEVICE_COLUMNS = ("unlock_token", "bootstrap_token")
+
+
+def seal_device_tokens(box: SecretBox) -> int:
+    """Seal device tokens stored in the clear by an earlier release. Idempotent; returns rows changed."""
+    from .extensions import db
+    changed = 0
+    # Only the rows still in the clear (a cheap scan on later starts; substr works on BLOB and bytea).
+    rows = db.session.execute(db.text(
+        "SELECT id, unlock_token, bootstrap_token FROM devices "
+        "WHERE (unlock_token IS NOT NULL AND substr(unlock_token, 1, 5) <> :magic) "
+        "OR (bootstrap_token IS NOT NULL AND substr(bootstrap_token, 1, 5) <> :magic)"),
+        {"magic": _RAW_MAGIC}).all()
+    for row in rows:
+        updates = {name: seal_raw(box, bytes(value)) for name, value in zip(SEALED_DEVICE_COLUMNS, row[1:])
+                   if value is not None and not is_sealed_raw(value)}
+        if updates:
+            assignments = ", ".join(f"{name} = :{name}" for name in updates)
+            db.session.execute(db.text(f"UPDATE devices SET {assignments} WHERE id = :id"), {**updates, "id": row[0]})
+            changed += 1
+    db.session.commit()
+    return changed

@@ -46,6 +46,14 @@ class BodyTooLarge(Exception):
     pass
 
 
+class MalformedBody(Exception):
+    """The chunked transfer coding could not be parsed."""
+
+
+class IncompleteBody(Exception):
+    """The client closed the connection before sending the Content-Length it announced."""
+
+
 class RequestLimits:
     """WSGI middleware: reads the whole request body before the application runs, enforcing the size
     limit (413, chunked or not) and the body deadline (408); gives every request an id and an access
@@ -75,6 +83,12 @@ class RequestLimits:
             except BodyTooLarge:
                 return self._plain(recording_start_response, "413 Request Entity Too Large",
                                    f"The request body exceeds {self.max_body_bytes} bytes.\n")
+            except IncompleteBody:
+                return self._plain(recording_start_response, "400 Bad Request",
+                                   "The request body ended before its Content-Length.\n")
+            except MalformedBody:
+                return self._plain(recording_start_response, "400 Bad Request",
+                                   "The chunked request body is malformed.\n")
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -102,11 +116,13 @@ class RequestLimits:
             want = _READ_SIZE if length is None else min(_READ_SIZE, length - total)
             try:
                 # Each read waits at most the server's socket timeout (cheroot answers 408 on it).
-                part = stream.read(want)
+                part = _read_some(stream, want)
             except (cheroot_errors.MaxSizeExceeded, IOError) as exc:
                 if isinstance(exc, OSError) and not _is_size_error(exc):
                     raise
                 raise BodyTooLarge() from None
+            except ValueError:  # cheroot: "Bad chunked transfer size"
+                raise MalformedBody() from None
             if not part:
                 break
             total += len(part)
@@ -116,6 +132,8 @@ class RequestLimits:
             if time.monotonic() > deadline:
                 # Same message as a socket timeout, so cheroot answers 408 and drops the connection.
                 raise socket.timeout("timed out")
+        if length is not None and total < length:
+            raise IncompleteBody()
         return b"".join(parts)
 
     @staticmethod
@@ -130,6 +148,26 @@ def _is_size_error(exc: OSError) -> bool:
     return isinstance(exc, cheroot_errors.MaxSizeExceeded) or "Request Entity Too Large" in str(exc)
 
 
+_cheroot_log = logging.getLogger("cheroot")
+
+
+def _cheroot_error_log(msg="", level=logging.INFO, traceback=False):
+    """cheroot writes its errors straight to stderr; send them through logging (JSON, redaction)."""
+    _cheroot_log.log(level, "%s", msg, exc_info=bool(traceback))
+
+
+def _read_some(stream, want: int) -> bytes:
+    """At most ``want`` bytes, returning as soon as some have arrived, so the body deadline is checked
+    between the pieces of a slowly trickling body (cheroot's KnownLengthRFile.read waits for all)."""
+    inner = getattr(stream, "rfile", None)
+    remaining = getattr(stream, "remaining", None)
+    if type(stream).__name__ == "KnownLengthRFile" and remaining is not None and hasattr(inner, "read1"):
+        data = inner.read1(min(want, remaining))
+        stream.remaining -= len(data)
+        return data
+    return stream.read(want)
+
+
 def build_server(app, host: str, port: int, *, threads: int | None = None, tls: bool = True) -> wsgi.Server:
     config = app.config
     max_body = int(config["MAX_CONTENT_LENGTH"])
@@ -138,6 +176,7 @@ def build_server(app, host: str, port: int, *, threads: int | None = None, tls: 
     server = wsgi.Server((host, port), wrapped, numthreads=int(threads or config.get("THREADS") or 16),
                          request_queue_size=256, timeout=float(config.get("REQUEST_TIMEOUT_SECONDS") or 30),
                          server_name=config["SERVER_HOSTNAME"])
+    server.error_log = _cheroot_error_log
     # cheroot counts chunk-size lines too, so give it a little slack: the middleware enforces the
     # exact limit on the body, cheroot stops a runaway stream.
     server.max_request_body_size = max_body + 64 * 1024

@@ -64,17 +64,32 @@ def test_the_tls_server_and_profile_signing_work_with_sealed_keys(live_server):
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _database_dump(url: str) -> str:
+    """SQLite: Python's iterdump; PostgreSQL: the real pg_dump."""
+    from sqlalchemy.engine import make_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        con = sqlite3.connect(parsed.database)
+        try:
+            return "\n".join(con.iterdump())
+        finally:
+            con.close()
+    from mdm.backup import _pg_env
+    args, env = _pg_env(parsed)
+    return subprocess.run(["pg_dump", *args], env=env, capture_output=True, text=True, check=True).stdout
+
+
 def test_database_dump_contains_no_private_key(app):
     with app.app_context():
         device = Device(udid="DUMP-1", enrollment_status="enrolled", unlock_token=os.urandom(64),
                         push_token="ab" * 32, push_magic="MAGIC")
         db.session.add(device)
         db.session.commit()
-        get_pki()
+        from mdm import pushcert
+        pushcert.generate_csr()          # every kind of key exists, and an audit row was written
+        db.session.remove()
         db.engine.dispose()
-    con = sqlite3.connect(app.config["DATABASE_URL"].removeprefix("sqlite:///"))
-    dump = "\n".join(con.iterdump())
-    con.close()
+    dump = _database_dump(app.config["DATABASE_URL"])
     assert "DUMP-1" in dump  # the dump is real
     assert "PRIVATE KEY" not in dump and "SEALED SECRET" not in dump
 
@@ -142,3 +157,54 @@ def test_mdm_run_refuses_to_start_with_a_missing_or_wrong_key(tmp_path, pki_temp
 
     missing_file = _run_main(tmp_path, MDM_SECRETS_KEY_FILE=str(tmp_path / "nope.key"))
     assert missing_file.returncode == 2 and "does not exist" in missing_file.stderr
+
+
+def test_a_plaintext_push_key_from_an_earlier_install_is_sealed_too(tmp_path, pki_template):
+    from mdm.enroll.pki import new_key, private_key_pem
+    from tests.conftest import make_app
+    shutil.copytree(pki_template, tmp_path / "certs")
+    key = new_key()
+    (tmp_path / "certs" / "push.key.pending").write_bytes(private_key_pem(key))
+    app = make_app(tmp_path, pki_template)
+    pending = tmp_path / "certs" / "push.key.pending"
+    assert is_sealed(pending.read_bytes()) and stat.S_IMODE(pending.stat().st_mode) == 0o600
+    with app.app_context():
+        assert spki(load_private_key(pending)) == spki(key)
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_device_unlock_and_bootstrap_tokens_are_sealed_in_the_database(app):
+    unlock, bootstrap = os.urandom(64), os.urandom(48)
+    with app.app_context():
+        db.session.add(Device(udid="TOKENS-1", enrollment_status="enrolled", unlock_token=unlock,
+                              bootstrap_token=bootstrap))
+        db.session.commit()
+        raw = db.session.execute(db.text("SELECT unlock_token, bootstrap_token FROM devices "
+                                         "WHERE udid = 'TOKENS-1'")).one()
+        assert unlock not in bytes(raw[0]) and bootstrap not in bytes(raw[1])
+        db.session.expire_all()
+        device = Device.query.filter_by(udid="TOKENS-1").one()
+        assert (device.unlock_token, device.bootstrap_token) == (unlock, bootstrap)
+        db.session.remove()
+        db.engine.dispose()
+    assert unlock.hex() not in _database_dump(app.config["DATABASE_URL"]).lower()
+
+
+def test_device_tokens_stored_in_the_clear_by_an_earlier_release_are_sealed_on_start(app):
+    from mdm.bootstrap import initialise
+    unlock = os.urandom(64)
+    with app.app_context():
+        db.session.add(Device(udid="OLD-1", enrollment_status="enrolled"))
+        db.session.commit()
+        db.session.execute(db.text("UPDATE devices SET unlock_token = :t WHERE udid = 'OLD-1'"), {"t": unlock})
+        db.session.commit()
+        assert Device.query.filter_by(udid="OLD-1").one().unlock_token == unlock   # still readable
+        db.session.remove()
+        initialise()
+        raw = db.session.execute(db.text("SELECT unlock_token FROM devices WHERE udid = 'OLD-1'")).scalar()
+        assert bytes(raw) != unlock and unlock not in bytes(raw)
+        db.session.expire_all()
+        assert Device.query.filter_by(udid="OLD-1").one().unlock_token == unlock
+        db.session.remove()
+        db.engine.dispose()

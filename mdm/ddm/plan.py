@@ -219,7 +219,8 @@ def _load_rows(model, wanted: list[int] | None) -> dict[int, dict]:
     for r in rows:
         values = dict(zip(_FIELDS, r[1:]))
         raw = values["conflicts"]
-        values["conflicts"] = [] if raw in (None, "[]") else json.loads(raw)
+        # (PostgreSQL's driver hands JSON columns over decoded whatever the SQL type says.)
+        values["conflicts"] = ([] if raw in (None, "[]") else json.loads(raw) if isinstance(raw, str) else raw)
         stored[r[0]] = values
     return stored
 

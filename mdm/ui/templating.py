@@ -46,3 +46,6 @@ def init_templating(app) -> None:
     @app.context_processor
     def _helpers():
         return {"can": can, "Role": Role, "now_utc": utcnow}
+
+    from .push_banner import init_push_banner
+    init_push_banner(app)
