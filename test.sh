@@ -37,21 +37,23 @@ echo "== test suite on PostgreSQL (browser tests ran on SQLite only)"
 bin=$(pg_bindir)
 pgdir=$(mktemp -d /tmp/mdm-test-pg.XXXXXX)
 # initdb refuses to run as root: the cluster belongs to Debian's postgres user (or a user of our own).
-as_owner=()
+owner_cmd=()
 if [ "$(id -u)" = 0 ]; then
   owner=postgres
   id "$owner" >/dev/null 2>&1 || { owner=mdm-test-pg; id "$owner" >/dev/null 2>&1 || useradd --system --no-create-home "$owner"; }
   chown "$owner" "$pgdir"
-  as_owner=(runuser -u "$owner" --)
+  owner_cmd=(runuser -u "$owner" --)
 fi
+# (from $pgdir: the owner may not be allowed into this checkout's folder)
+as_owner() { (cd "$pgdir" && "${owner_cmd[@]}" "$@"); }
 stop_cluster() {
-  "${as_owner[@]}" "$bin/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  as_owner "$bin/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$pgdir"
 }
 trap stop_cluster EXIT
-"${as_owner[@]}" "$bin/initdb" -D "$pgdir/data" -U mdm -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+as_owner "$bin/initdb" -D "$pgdir/data" -U mdm -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
 # Throwaway data: durability settings off for speed; no TCP listener, only a socket in $pgdir.
-"${as_owner[@]}" "$bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -o \
+as_owner "$bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -o \
   "-c listen_addresses='' -k $pgdir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
   start >/dev/null
 pg_rc=0
