@@ -28,9 +28,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Arguments naming test files or folders (./test.sh tests/test_push.py -x) replace the default "tests".
+targets=(tests)
+for arg in "$@"; do [ -e "${arg%%::*}" ] && targets=(); done
+
 echo "== test suite on SQLite"
 sqlite_rc=0
-.venv/bin/python -m pytest tests "$@" || sqlite_rc=$?
+.venv/bin/python -m pytest "${targets[@]}" "$@" || sqlite_rc=$?
 [ "${MDM_TEST_POSTGRES:-1}" = 0 ] && exit $sqlite_rc
 
 echo "== test suite on PostgreSQL (browser tests ran on SQLite only)"
@@ -58,7 +62,7 @@ as_owner "$bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -o \
   start >/dev/null
 pg_rc=0
 MDM_TEST_POSTGRES_URL="postgresql+psycopg://mdm@/postgres?host=$pgdir" \
-  .venv/bin/python -m pytest tests --ignore=tests/browser "$@" || pg_rc=$?
+  .venv/bin/python -m pytest "${targets[@]}" --ignore=tests/browser "$@" || pg_rc=$?
 [ $sqlite_rc = 0 ] || echo "test suite on SQLite failed (exit $sqlite_rc)" >&2
 [ $pg_rc = 0 ] || echo "test suite on PostgreSQL failed (exit $pg_rc)" >&2
 [ $sqlite_rc = 0 ] && [ $pg_rc = 0 ]

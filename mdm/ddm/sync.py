@@ -115,6 +115,7 @@ def _store(device, computed: ComputedSet, row: DeclarationSet | None) -> tuple[D
 
 def current_set(device) -> DeclarationSet:
     """Recompute and store the device's set (the caller commits). Used when the device asks for tokens."""
+    db.session.execute(_locked(select(Device.id).where(Device.id == device.id)))   # see _locked
     row = db.session.get(DeclarationSet, device.id)
     row, _ = _store(device, compute_set(device), row)
     return row
@@ -254,7 +255,8 @@ class _RefreshRun:
         columns = [Device.__table__.c[name] for name in _DeviceFacts.__slots__]
         out = []
         for part in _parts(ids):
-            out += [_DeviceFacts(r) for r in db.session.execute(select(*columns).where(Device.id.in_(part)))]
+            out += [_DeviceFacts(r) for r in db.session.execute(_locked(
+                select(*columns).where(Device.id.in_(part)).order_by(Device.id)))]
         return sorted(out, key=lambda d: d.id)
 
     def plans(self, ids: list[int]) -> dict[int, object]:
@@ -311,6 +313,14 @@ class _RefreshRun:
             body = commands.get(request_type).build(**params)
             template = self._templates[key] = dumps({"CommandUUID": _UUID_PLACEHOLDER, "Command": body})
         return template
+
+
+def _locked(query):
+    """Refreshes of the same device wait for each other (they read the stored set, then write it). SQLite
+    transactions already run one at a time (BEGIN IMMEDIATE); elsewhere lock the device rows, in id order."""
+    if db.session.get_bind().dialect.name == "sqlite":
+        return query
+    return query.with_for_update()
 
 
 def _parts(ids: list[int]):
