@@ -69,3 +69,19 @@ def test_checked_out_device_is_unenrolled_but_kept(live_server):
         assert stored.push_token is None
         assert stored.commands.count() == 3  # history kept
     device.close()
+
+
+def test_simulated_iphone_sends_what_apples_schema_allows_for_ios(live_server):
+    from appleschema import Context, validate_checkin
+    url = _enrollment_url(live_server)
+    device = SimulatedDevice(live_server.url, live_server.ca_file)
+    device.enroll(url)
+    ctx = Context("iOS", device.os_version, supervised=True)
+    assert validate_checkin(device.authenticate_message(), ctx) == []
+    device.connect()
+    with live_server.app.app_context():
+        stored = Device.query.filter_by(udid=device.udid).one()
+        # The device name comes from DeviceInformation, not from Authenticate, on iOS.
+        assert stored.device_name == device.device_name
+        assert stored.serial_number == device.serial_number
+    device.close()

@@ -111,17 +111,17 @@ class SimulatedDevice:
         subject = x509.Name([x509.NameAttribute(_oid(n), v) for part in scep["Subject"] for n, v in part])
         self.key, self.cert = scep_enroll(self.http, scep["URL"], scep["Challenge"], subject)
 
-        self._expect_ok(self.checkin({
-            "MessageType": "Authenticate", "UDID": self.udid, "Topic": self.topic,
-            "BuildVersion": self.build_version, "OSVersion": self.os_version,
-            "ProductName": self.product_name, "SerialNumber": self.serial_number,
-            "DeviceName": self.device_name, "Model": MARKETING_MODELS[self.model_name],
-            "ModelName": self.model_name,
-        }), "Authenticate")
+        self._expect_ok(self.checkin(self.authenticate_message()), "Authenticate")
         self._expect_ok(self.checkin({
             "MessageType": "TokenUpdate", "UDID": self.udid, "Topic": self.topic,
             "Token": self.push_token, "PushMagic": self.push_magic, "UnlockToken": self.unlock_token,
         }), "TokenUpdate")
+
+    def authenticate_message(self) -> dict:
+        """What iOS sends (DeviceName, Model and ModelName are macOS-only in authenticate.yaml)."""
+        return {"MessageType": "Authenticate", "UDID": self.udid, "Topic": self.topic,
+                "BuildVersion": self.build_version, "OSVersion": self.os_version,
+                "ProductName": self.product_name, "SerialNumber": self.serial_number}
 
     def checkout(self) -> httpx.Response:
         return self.checkin({"MessageType": "CheckOut", "UDID": self.udid, "Topic": self.topic})
