@@ -78,7 +78,7 @@ def handle(identity: certauth.Identity, message: dict) -> Reply:
     udid = message_udid(message)
     device = certauth.authorize(identity, udid, enrolling=message_type == "Authenticate")
     if device is not None:
-        device.last_seen_at = utcnow()
+        device.mark_seen()
     return handler(identity, device, udid, message)
 
 

@@ -44,6 +44,15 @@ class Device(db.Model):
     last_seen_at = db.Column(db.DateTime, index=True)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
+    # A device polls often; "last seen" to the minute is all the UI needs, and skipping the write
+    # keeps an idle poll from appending to the database at all.
+    LAST_SEEN_RESOLUTION_SECONDS = 60
+
+    def mark_seen(self, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        if self.last_seen_at is None or (now - self.last_seen_at).total_seconds() >= self.LAST_SEEN_RESOLUTION_SECONDS:
+            self.last_seen_at = now
+
     @property
     def platform(self) -> str:
         """iOS, iPadOS, macOS, tvOS, watchOS or visionOS, from the model identifier."""

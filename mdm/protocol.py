@@ -17,7 +17,7 @@ from . import certauth, checkin, queue
 from .checkin import ProtocolError, Reply
 from .enroll.pki import get_pki
 from .extensions import db
-from .models import audit, utcnow
+from .models import audit
 from .plistio import PlistError, loads_xml, require
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _connect(identity, message: dict, body: bytes) -> Reply:
     device = certauth.authorize(identity, udid, enrolling=False)
     if any(key in message for key in ("UserID", "EnrollmentUserID")):
         return Reply()   # per-user channel: we queue no user commands
-    device.last_seen_at = utcnow()
+    device.mark_seen()
     command = queue.exchange(device, message, body)
     if command is None:
         return Reply()

@@ -323,3 +323,17 @@ def test_checkin_over_real_https_including_a_chunked_body(app, ident):
         too_big = b"x" * (app.config["MAX_CHECKIN_BYTES"] + 1)
         assert put(client, "/mdm/checkin", too_big, chunked=True).status_code == 413
     assert device(app, ident.udid).enrollment_status == "enrolled"
+
+
+def test_last_seen_is_kept_to_the_minute_without_a_write_per_poll(app):
+    from datetime import timedelta
+    from mdm.models import utcnow
+    with app.app_context():
+        device = Device(udid="SEEN-1")
+        device.mark_seen()
+        first = device.last_seen_at
+        device.mark_seen(first + timedelta(seconds=30))
+        assert device.last_seen_at == first
+        device.mark_seen(first + timedelta(seconds=61))
+        assert device.last_seen_at == first + timedelta(seconds=61)
+        assert abs((utcnow() - first).total_seconds()) < 60
