@@ -171,7 +171,6 @@ def test_enqueue_refuses_unknown_types_parameters_and_platform_mismatches(app):
 
 
 def test_enqueue_with_push_asks_the_push_room(app):
-    pytest.importorskip("mdm.push")
     from mdm.models import PushRequest
     device_id = make_device(app, product_name="iPhone15,2", push_token="ab" * 32, push_magic="M", topic=TEST_TOPIC)
     with app.app_context():

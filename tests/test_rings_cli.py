@@ -134,7 +134,6 @@ def test_groups_bind_and_recompute_from_the_cli(app, cli):
 
 
 def test_patch_results_prints_one_line_per_device(app, cli):
-    pytest.importorskip("mdm.ddm.results")
     add_devices(app, ("p1", "iPhone15,2", "17.5.1"))
     cli("patch", "load-defaults")
     cli("patch", "bind", "Early Adoption", "--device", "p1")
