@@ -299,11 +299,21 @@ def sync_catalog(*, file: str | None = None, url: str | None = None, now: dt.dat
     return result
 
 
+def _catalog_present() -> bool:
+    state = db.session.get(CatalogState, 1, populate_existing=True)
+    return state is not None and bool(state.last_success_at or CatalogRelease.query.first() is not None)
+
+
 def ensure_catalog(now: dt.datetime | None = None) -> None:
     """First use on a fresh install: load the packaged snapshot (never overrides a refreshed catalog)."""
-    state = db.session.get(CatalogState, 1)
-    if state is not None and (state.last_success_at or CatalogRelease.query.first() is not None):
+    if _catalog_present():
         return
+    # Two first requests may race here. SQLite transactions already start IMMEDIATE (one writer);
+    # PostgreSQL needs a lock, then a second look at what the winner committed.
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(db.text("SELECT pg_advisory_xact_lock(hashtext('mdm.ddm.catalog.ensure'))"))
+        if _catalog_present():
+            return
     try:
         apply_feed(load_feed_file(SNAPSHOT_PATH), f"snapshot:{SNAPSHOT_PATH.name}", now=now)
     except CatalogError as exc:          # a broken package: say so, keep going without releases
