@@ -106,25 +106,17 @@ def _targets(body) -> tuple[list, list] | None:
 @requires(Role.Manager)
 def bind_policy(policy_id):
     """{"devices": [id | UDID | serial, ...], "groups": [id | name, ...]}"""
-    p, body = _policies(), _body()
-    policy = _find(policy_id)
-    if policy is None:
-        return api_error(404, f"no patch policy {policy_id}")
-    targets = _targets(body) if body is not None else None
-    if targets is None:
-        return api_error(400, "send {\"devices\": [...], \"groups\": [...]}")
-    try:
-        created = p.bind_policy(policy, devices=targets[0], groups=targets[1], actor=current_actor(),
-                                source=current_source())
-    except p.PolicyError as exc:
-        db.session.rollback()
-        return _policy_error(exc)
-    return jsonify({"created": len(created), **p.policy_summary(policy)})
+    return _change_bindings(policy_id, "bind_policy", lambda created: {"created": len(created)})
 
 
 @bp.delete("/policies/<int:policy_id>/bindings")
 @requires(Role.Manager)
 def unbind_policy(policy_id):
+    return _change_bindings(policy_id, "unbind_policy", lambda removed: {"removed": removed})
+
+
+def _change_bindings(policy_id: int, service_name: str, summarise):
+    """Bind or unbind (the policies service function ``service_name``) the devices and groups in the body."""
     p, body = _policies(), _body()
     policy = _find(policy_id)
     if policy is None:
@@ -133,12 +125,12 @@ def unbind_policy(policy_id):
     if targets is None:
         return api_error(400, "send {\"devices\": [...], \"groups\": [...]}")
     try:
-        removed = p.unbind_policy(policy, devices=targets[0], groups=targets[1], actor=current_actor(),
-                                  source=current_source())
+        outcome = getattr(p, service_name)(policy, devices=targets[0], groups=targets[1], actor=current_actor(),
+                                           source=current_source())
     except p.PolicyError as exc:
         db.session.rollback()
         return _policy_error(exc)
-    return jsonify({"removed": removed, **p.policy_summary(policy)})
+    return jsonify({**summarise(outcome), **p.policy_summary(policy)})
 
 
 @bp.post("/policies/load-defaults")
