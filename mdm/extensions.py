@@ -1,4 +1,6 @@
 """Flask extensions, created unbound and initialised in ``create_app`` through ``init_app``."""
+import threading
+
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData, event
@@ -57,9 +59,39 @@ def _sqlite_on_connect(dbapi_connection, connection_record):
     cursor.close()
 
 
+# SQLite has one writer at a time. Threads of this process queue for it on a Python lock, which hands
+# over the moment the writer commits; left to SQLite's busy handler they would sleep in growing steps
+# (up to 100 ms each) and the tail latency of concurrent check-ins would be hundreds of milliseconds.
+WRITER_WAIT_SECONDS = 30
+_writer_locks: dict[str, threading.Lock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(engine) -> threading.Lock:
+    key = str(engine.url)
+    with _writer_locks_guard:
+        return _writer_locks.setdefault(key, threading.Lock())
+
+
 @event.listens_for(Engine, "begin")
 def _sqlite_begin_immediate(conn):
     """Take the write lock at BEGIN: a deferred transaction that later upgrades to a writer fails with
     "database is locked" without waiting for the busy timeout, which is what concurrent check-ins hit."""
-    if conn.dialect.name == "sqlite":
+    if conn.dialect.name != "sqlite":
+        return
+    lock = _writer_lock(conn.engine)
+    # After a long wait go on anyway: SQLite's own busy timeout then has the last word.
+    conn.info["mdm_writer_lock"] = lock if lock.acquire(timeout=WRITER_WAIT_SECONDS) else None
+    try:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        _release_writer_lock(conn)
+        raise
+
+
+@event.listens_for(Engine, "commit")
+@event.listens_for(Engine, "rollback")
+def _release_writer_lock(conn):
+    lock = conn.info.pop("mdm_writer_lock", None)
+    if lock is not None:
+        lock.release()
