@@ -11,22 +11,11 @@ from appleschema import Context, validate_checkin, validate_protocol
 from mdm.extensions import db
 from mdm.models import Command, Device
 from mdm.signals import device_checked_out, device_enrolled, device_facts_changed
+from test_certauth import app, client  # noqa: F401  (shared fixtures)
 from test_certauth import (DeviceIdentity, auth_failures, checkin_message, make_protocol_app,  # noqa: F401
                            stored_counts)
 
 
-@pytest.fixture
-def app(tmp_path, pki_template):
-    app = make_protocol_app(tmp_path, pki_template)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture

@@ -16,21 +16,10 @@ from mdm.commands import device_information
 from mdm.extensions import db
 from mdm.models import AuditEvent, Command, Device
 from mdm.signals import device_facts_changed
+from test_certauth import app, client  # noqa: F401  (shared fixtures)
 from test_certauth import DeviceIdentity, TEST_TOPIC, make_protocol_app, stored_counts  # noqa: F401
 
 
-@pytest.fixture
-def app(tmp_path, pki_template):
-    app = make_protocol_app(tmp_path, pki_template)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def full_command(body: dict) -> dict:

@@ -15,23 +15,12 @@ from mdm.extensions import db
 from mdm.models import Command, Device
 from mdm.plistio import loads_xml
 from mdm.signals import device_facts_changed
+from test_certauth import app, client  # noqa: F401  (shared fixtures)
 from test_certauth import DeviceIdentity, checkin_message, make_protocol_app
 
 CAPTURED_TOPIC = b"com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9"
 
 
-@pytest.fixture
-def app(tmp_path, pki_template):
-    app = make_protocol_app(tmp_path, pki_template)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def capture(name: str, app=None) -> bytes:
