@@ -6,8 +6,6 @@ returns a ``Reply``. The HTTP layer (mdm/protocol.py) authenticates and commits.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -48,13 +46,7 @@ class Reply:
 
 def server_topic() -> str | None:
     """Our APNs topic (the push certificate's UID); None when none is configured."""
-    try:
-        from .pushcert import current_topic
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdm.pushcert":
-            raise
-        from flask import current_app
-        return current_app.config.get("APNS_TOPIC") or None
+    from .pushcert import current_topic
     try:
         return current_topic() or None
     except Exception:  # no push identity yet: refuse enrolment rather than fail the request
@@ -193,35 +185,9 @@ def check_out(identity, device: Device, udid: str, message: dict) -> Reply:
 def declarative_management(identity, device: Device, udid: str, message: dict) -> Reply:
     endpoint = require(message, "Endpoint")
     data = optional(message, "Data", bytes)
-    try:
-        from .ddm.protocol import handle_declarative_management
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdm.ddm.protocol":
-            raise
-        handle_declarative_management = _no_declarations
+    from .ddm.protocol import handle_declarative_management
     status, body, content_type = handle_declarative_management(device, endpoint, data)
     return Reply(status, body, content_type)
-
-
-EMPTY_DECLARATIONS_TOKEN = hashlib.sha256(b"declarations:").hexdigest()
-
-
-def _no_declarations(device: Device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
-    """Apple's answers for a device with no declarations, until the DDM room provides its own
-    (declarative/protocol/tokensresponse.yaml, declarationitemsresponse.yaml)."""
-    timestamp = (device.created_at or utcnow()).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if endpoint == "tokens":
-        document = {"SyncTokens": {"DeclarationsToken": EMPTY_DECLARATIONS_TOKEN, "Timestamp": timestamp}}
-    elif endpoint == "declaration-items":
-        document = {"Declarations": {"Activations": [], "Configurations": [], "Assets": [], "Management": []},
-                    "DeclarationsToken": EMPTY_DECLARATIONS_TOKEN}
-    elif endpoint == "status":
-        return 200, b"", "text/plain; charset=utf-8"
-    elif endpoint.startswith("declaration/"):
-        return 404, b"no such declaration", "text/plain; charset=utf-8"
-    else:
-        raise ProtocolError(f"unknown DeclarativeManagement endpoint {endpoint!r}")
-    return 200, json.dumps(document).encode(), "application/json"
 
 
 # --- Bootstrap token, and what we do not support ---------------------------------------------------------

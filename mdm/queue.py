@@ -89,24 +89,13 @@ def enqueue_bulk(devices, request_type: str, *, queued_by: str = "system", push:
 
 
 def _request_push_ids(device_ids: list[int]) -> None:
-    try:
-        from .push import request_push
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdm.push":
-            raise
-        return
+    from .push import request_push
     request_push(device_ids)
 
 
 def request_push_for(device: Device) -> None:
     """Ask the push room to wake the device (recorded in this transaction, sent after commit)."""
-    try:
-        from .push import request_push
-    except ModuleNotFoundError as exc:  # no push room yet: the device gets it on its next connection
-        if exc.name != "mdm.push":
-            raise
-        log.info("no push module; %s will get the command on its next connection", device.udid)
-        return
+    from .push import request_push
     request_push([device.id])
 
 

@@ -225,12 +225,7 @@ def _result_dict(result) -> dict:
 def patch_results(policy, as_json):
     """Per-device results of POLICY: state, target, deadline."""
     found = _run(as_json, policies.require_policy, policy)
-    try:
-        from .results import results_for_policy
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdm.ddm.results":
-            raise
-        _fail(as_json, [{"field": "results", "message": "per-device results are not available in this build"}])
+    from .results import results_for_policy
     rows = [_result_dict(r) for r in results_for_policy(found.id)]
 
     def lines():

@@ -275,14 +275,8 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
 
 
 def refresh_declarations(device_ids: set[int]) -> set[int]:
-    """Hand devices to the DDM protocol room; a no-op until that room exists."""
-    try:
-        from .sync import refresh_devices
-    except ModuleNotFoundError as exc:
-        if exc.name != __name__.rsplit(".", 1)[0] + ".sync":
-            raise
-        log.debug("mdm.ddm.sync not available: %d devices not refreshed", len(device_ids))
-        return set()
+    """Hand devices to the DDM protocol room (new declarations, sync command, push)."""
+    from .sync import refresh_devices
     return refresh_devices(device_ids)
 
 

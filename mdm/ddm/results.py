@@ -324,12 +324,8 @@ def results_for_policy(policy_id: int, with_history: bool = True) -> list[Device
     policy won)."""
     stored_ids = {r.device_id for r in PolicyResult.query.filter_by(policy_id=policy_id)}
     reached = set(stored_ids)
-    try:
-        from .policies import devices_reached
-        reached |= devices_reached(policy_id)
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdm.ddm.policies":
-            raise
+    from .policies import devices_reached
+    reached |= devices_reached(policy_id)
     from .sync import plan_for
     results = []
     ids = sorted(reached)

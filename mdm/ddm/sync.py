@@ -47,12 +47,7 @@ def declarations_token(declarations: list[dict]) -> str:
 
 def plan_for(device):
     """The device's stored patch plan, or (None, why) when it cannot be had. Never raises."""
-    try:
-        from .plan import patch_plan_for_device
-    except ModuleNotFoundError as exc:
-        if exc.name in ("mdm.ddm.plan",):
-            return None, None          # the policy engine is not installed: no policies reach anyone
-        raise
+    from .plan import patch_plan_for_device
     try:
         return patch_plan_for_device(device), None
     except Exception as exc:  # policy state must never break a device's sync
@@ -262,14 +257,9 @@ class _RefreshRun:
     def plans(self, ids: list[int]) -> dict[int, object]:
         """The stored patch plans of these devices (as ``patch_plan_for_device`` builds them), one object per
         distinct plan."""
-        try:
-            from .models import DevicePatchTarget, PatchPolicy
-            from .plan import PatchPlan
-            from .policies import settings_of
-        except ModuleNotFoundError as exc:
-            if exc.name in ("mdm.ddm.plan",):
-                return {}
-            raise
+        from .models import DevicePatchTarget, PatchPolicy
+        from .plan import PatchPlan
+        from .policies import settings_of
         if self._policies is None:
             self._policies = {p.id: (p.name, settings_of(p)) for p in PatchPolicy.query}
         table = DevicePatchTarget.__table__
@@ -429,12 +419,7 @@ def _command_row(run: _RefreshRun, device_id: int, request_type: str, template: 
 
 # ---- commands -------------------------------------------------------------------------------------
 def _request_push(device_ids: list[int]) -> None:
-    try:
-        from ..push import request_push
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdm.push":
-            raise
-        return
+    from ..push import request_push
     request_push(device_ids)
 
 
