@@ -117,7 +117,8 @@ def status() -> dict:
     """What the operator needs to know: topic, expiry, whether pushes to Apple can work at all."""
     identity = current_identity()
     not_after = identity.cert.not_valid_after_utc.replace(tzinfo=None)
-    days_left = (identity.cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).days
+    remaining = identity.cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    days_left = remaining.days
     return {
         "topic": identity.topic,
         "not_after": not_after,
@@ -126,7 +127,7 @@ def status() -> dict:
         "subject": identity.cert.subject.rfc4514_string(),
         "issuer": identity.cert.issuer.rfc4514_string(),
         "pending_csr": (_certs_dir() / PENDING_KEY_FILE).exists(),
-        "renew_soon": days_left <= RENEW_WARNING_DAYS,
+        "renew_soon": remaining <= dt.timedelta(days=RENEW_WARNING_DAYS),
         "pending": pending_state(),
     }
 
