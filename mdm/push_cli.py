@@ -27,7 +27,8 @@ def _actor() -> str:
 @click.option("--vendor-p12", type=click.Path(exists=True, dir_okay=False),
               help="Your MDM vendor certificate (MDM CSR signing) with its key, exported as .p12: sign the CSR "
                    "and write Apple's push certificate request.")
-@click.option("--vendor-password", default=None, help="Password of the vendor .p12.")
+@click.option("--vendor-password", default=None, envvar="MDM_PUSH_VENDOR_PASSWORD", show_envvar=True,
+              help="Password of the vendor .p12 (or the environment variable, to keep it out of `ps`).")
 @click.option("--apple-chain", type=click.Path(exists=True, dir_okay=False),
               help="Apple's WWDR intermediate and root certificates (PEM), when the .p12 does not carry them.")
 def csr_command(out_path, vendor_p12, vendor_password, apple_chain):

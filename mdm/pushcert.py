@@ -91,7 +91,8 @@ def _init_hook() -> list[str]:
     if info["is_placeholder"]:
         return [f"Push topic: {info['topic']} (PLACEHOLDER identity: pushes to Apple will not work; "
                 "see `flask mdm push csr`)"]
-    return [f"Push topic: {info['topic']} (expires {info['not_after']:%Y-%m-%d}, {info['days_left']} days left)"]
+    renew = "; renew it now (Settings → Push certificate)" if info["renew_soon"] else ""
+    return [f"Push topic: {info['topic']} (expires {info['not_after']:%Y-%m-%d}, {info['days_left']} days left{renew})"]
 
 
 # ---------------------------------------------------------------- reading

@@ -1,6 +1,7 @@
 """APNs pushes against a real local HTTP/2 TLS server, and the push certificate's life cycle."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 import stat
@@ -468,7 +469,6 @@ def vendor(apple_chain):
 def check_request_with_openssl(request_b64: bytes, vendor_cert: x509.Certificate, chain, tmp_path: Path) -> bytes:
     """Apple's checks, done with the `openssl` command: the signature over the exact CSR DER bytes with
     the vendor's public key, and the chain vendor → WWDR → root. Returns the CSR DER."""
-    import base64
     import plistlib
     assert re.fullmatch(rb"[A-Za-z0-9+/=]+\n?", request_b64)
     plist = plistlib.loads(base64.b64decode(request_b64))
@@ -579,8 +579,8 @@ def test_signing_service_route_submit_decrypt_install_push(app, apns, fake_apple
     # What the service received, in mdmcert.download's shape.
     assert sent["content_type"] == "application/json" and sent["key"] == service.api_key
     assert sent["email"] == "it@shop.example" and mail.to == "it@shop.example"
-    csr = x509.load_pem_x509_csr(__import__("base64").b64decode(sent["csr"]))
-    encrypt_cert = x509.load_pem_x509_certificate(__import__("base64").b64decode(sent["encrypt"]))
+    csr = x509.load_pem_x509_csr(base64.b64decode(sent["csr"]))
+    encrypt_cert = x509.load_pem_x509_certificate(base64.b64decode(sent["encrypt"]))
     with app.app_context():
         pending = load_private_key(certs / "push.key.pending")
         assert spki(csr) == spki(pending) == spki(encrypt_cert)     # the pending key opens the reply
@@ -633,7 +633,6 @@ def test_signing_service_refusals_keep_the_earlier_request(app, apple_chain, tmp
 
 
 def test_decrypt_accepts_base64_and_3des_and_refuses_a_reply_for_another_key(app, apple_chain, tmp_path):
-    import base64
     runner = app.test_cli_runner()
     with SigningService(tmp_path / "service", make_vendor(apple_chain), apple_chain, cipher="des3") as service:
         configure_service(app, service)
@@ -650,7 +649,7 @@ def test_decrypt_accepts_base64_and_3des_and_refuses_a_reply_for_another_key(app
     assert result.exit_code == 0, result.output
     with app.app_context():
         key = load_private_key(Path(app.config["CERTS_DIR"]) / "push.key.pending")
-    assert spki(csr_of_request(result.output.strip().encode())) == spki(key)
+    assert spki(csr_of_request(result.stdout.strip().encode())) == spki(key)
 
     (tmp_path / "junk.p7").write_bytes(b"this is not the attachment")
     result = runner.invoke(args=["mdm", "push", "decrypt", str(tmp_path / "junk.p7")])
