@@ -39,9 +39,23 @@ def download(page, button_selector: str, tmp_path: Path, name: str) -> bytes:
     return path.read_bytes()
 
 
-def test_push_certificate_steps_in_chromium(live_server, browser, tmp_path):
+@pytest.fixture
+def apple_chain():
+    return make_apple_chain()
+
+
+@pytest.fixture
+def signing_service(tmp_path, apple_chain):
+    with SigningService(tmp_path / "service", make_vendor(apple_chain, "Community vendor"), apple_chain) as service:
+        yield service
+
+
+def test_push_certificate_steps_in_chromium(live_server_factory, signing_service, apple_chain, browser, tmp_path):
+    # The shop's settings name the CSR-signing service (a local stand-in) before the server starts.
+    live_server = live_server_factory(PUSH_SIGNING_SERVICE_URL=signing_service.url,
+                                      PUSH_SIGNING_SERVICE_API_KEY=signing_service.api_key)
     base = live_server.url
-    apple_ca, chain = create_ca("Fake Apple Application Integration"), make_apple_chain()
+    apple_ca, chain = create_ca("Fake Apple Application Integration"), apple_chain
     vendor = make_vendor(chain)
     (tmp_path / "vendor.p12").write_bytes(vendor.p12(b"vendor pw", chain))
     password = (Path(live_server.app.instance_path) / "initial-admin-password").read_text().split("password: ")[1].strip()
@@ -75,14 +89,12 @@ def test_push_certificate_steps_in_chromium(live_server, browser, tmp_path):
     expect(page.locator("#push-step-3")).to_contain_text("Renew")
 
     # A renewal through the CSR-signing service: send, upload the e-mailed reply, download, install.
-    with SigningService(tmp_path / "service", make_vendor(chain, "Community vendor"), chain) as service:
-        live_server.app.config.update(PUSH_SIGNING_SERVICE_URL=service.url,
-                                      PUSH_SIGNING_SERVICE_API_KEY=service.api_key)
-        page.goto(base + "/settings")
-        page.fill("#service-form input[name=email]", "it@shop.example")
-        page.click("#service-form button")
-        expect(page.locator(".flash")).to_contain_text("Request sent to")
-        [mail] = service.outbox
+    service = signing_service
+    page.goto(base + "/settings")
+    page.fill("#service-form input[name=email]", "it@shop.example")
+    page.click("#service-form button")
+    expect(page.locator(".flash")).to_contain_text("Request sent to")
+    [mail] = service.outbox
     expect(page.locator("#push-step-2")).to_have_class("current")
     (tmp_path / mail.filename).write_bytes(mail.attachment)
     page.set_input_files("#decrypt-form input[name=reply]", str(tmp_path / mail.filename))
