@@ -1,0 +1,171 @@
+"""The living demo fleet (``flask mdm simulate --keep-running``) against the real TLS server: devices keep
+checking in on compressed time, install before or at the deadline, report schema-valid status, one
+fails with a reason the server shows; stopping the fleet ends its threads. Plus the mix's realism and
+the offline demo feed."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections import Counter
+
+from appleschema import Context, load, validate_keys, validate_protocol
+from test_ddm_protocol import load_current_catalog
+
+from mdm.ddm.catalog import SNAPSHOT_PATH, load_feed_file, parse_feed
+from mdm.ddm.groups import add_devices, create_group
+from mdm.ddm.policies import bind_policy
+from mdm.ddm.results import results_for_policy
+from mdm.ddm.rings import load_default_rings
+from mdm.enroll.tokens import create_token, enrollment_url
+from mdm.simulator.device import DeviceProfile
+from mdm.simulator.live import enroll_live_fleet
+from mdm.simulator.mix import FAILURE_REASON, MODELS, TIME_ZONES, Behaviour, fleet_mix, versions_for
+
+MOVED_ON = {"Scheduled", "Downloading", "Prepared", "Installing", "Compliant", "Failed"}
+MAX_POLLS = 40
+# 100,000x: one real second is 28 simulated hours; the 3-day Vanguard deadline comes within seconds.
+SPEED = 100_000
+POLL_SECONDS = (0.05, 0.2)
+
+
+def status_item_problems(report: dict, os_version: str, supervised: bool) -> list[str]:
+    """Every status item in a report against its own declarative/status/<name>.yaml."""
+    problems = validate_protocol("statusreport", report)
+    ctx = Context(os_version=os_version, supervised=supervised, declaration=True)
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else key
+            try:
+                schema = load(f"declarative/status/{name}.yaml")
+            except FileNotFoundError:
+                if isinstance(value, dict):
+                    walk(value, name)
+                else:
+                    problems.append(f"{name}: no such status item")
+                continue
+            problems.extend(validate_keys({name: value}, schema["payloadkeys"], ctx))
+
+    walk(report["StatusItems"], "")
+    return problems
+
+
+def test_kept_running_fleet_moves_past_pending_installs_and_reports_a_failure(live_server):
+    app = live_server.app
+    with app.app_context():
+        load_current_catalog()
+        vanguard = next(r for r in load_default_rings(actor="test") if r.ring == "Vanguard")
+        group_id = create_group("Demo fleet", actor="test").id
+        bind_policy(vanguard.policy_id, groups=[group_id], actor="test")
+        url = enrollment_url(create_token(description="demo", expires_in_days=1, max_uses=10, created_by="test"))
+    plan = [
+        (DeviceProfile("iPhone15,2", "18.6", time_zone="America/New_York"), Behaviour("prompt")),
+        (DeviceProfile("iPad13,18", "17.5", time_zone="Asia/Tokyo"), Behaviour("tonight")),
+        (DeviceProfile("iPhone16,1", "26.0", supervised=False, time_zone="Europe/Berlin"), Behaviour("deadline")),
+        (DeviceProfile("iPhone12,1", "18.5", time_zone="Australia/Sydney"),
+         Behaviour("prompt", fails_with=FAILURE_REASON, retry_after_hours=None)),
+    ]
+    enrolled = enroll_live_fleet(live_server.url, live_server.ca_file, url, plan, speed=SPEED,
+                                 poll_seconds=POLL_SECONDS, workers=2)
+    assert enrolled.errors == []
+    fleet = enrolled.fleet
+    udids = [live.device.udid for live in fleet.devices]
+    failing = fleet.devices[3].device
+    with app.app_context():
+        add_devices(group_id, udids, actor="test")
+        assert {r.state for r in results_for_policy(vanguard.policy_id)} == {"Pending"}
+
+    fleet.start()
+    try:
+        for _ in range(MAX_POLLS):
+            fleet.wait_for_polls(fleet.min_polls() + 1, timeout_seconds=60)
+            with app.app_context():
+                states = {r.udid: r.state for r in results_for_policy(vanguard.policy_id)}
+            if states.get(failing.udid) == "Failed" and all(
+                    s == "Compliant" for u, s in states.items() if u != failing.udid):
+                break
+    finally:
+        assert fleet.stop() is True
+    assert not any(t.is_alive() for t in fleet.threads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sim-fleet-")]
+    assert fleet.errors == []
+
+    with app.app_context():
+        results = {r.udid: r for r in results_for_policy(vanguard.policy_id)}
+    assert set(results) == set(udids)
+    for udid, result in results.items():
+        history = [h["state"] for h in result.history]
+        assert history[0] == "Pending" and MOVED_ON & set(history), history
+        if udid == failing.udid:
+            assert result.state == "Failed" and FAILURE_REASON in result.detail, result.detail
+        else:
+            assert result.state == "Compliant", (result.state, result.detail)
+            assert "Scheduled" in history and "Installing" in history, history
+    # How each one got there (install-reason.yaml): the user's tap, Install Tonight, the deadline.
+    reasons = [[r["StatusItems"]["softwareupdate"]["install-reason"]["reason"] for r in live.device.ddm.reports
+                if "install-reason" in r["StatusItems"].get("softwareupdate", {})] for live in fleet.devices]
+    assert ["notification"] in reasons[0] and ["install-tonight"] in reasons[1] and ["declaration"] in reasons[2]
+
+    for live in fleet.devices:
+        device = live.device
+        assert device.ddm.reports
+        for report in device.ddm.reports:
+            version = report["StatusItems"].get("device", {}).get("operating-system", {}).get("version", "17.0")
+            assert status_item_problems(report, version, device.supervised) == []
+    failure = failing.ddm.reports[-1]["StatusItems"]["softwareupdate"]["failure-reason"]
+    assert failure["count"] == 1 and failure["reason"] == FAILURE_REASON
+    assert failing.os_version == "18.5" and failing.ddm.install_state == "failed"
+
+
+def test_the_mix_is_models_in_apples_feed_on_versions_they_run():
+    releases, _ = parse_feed(load_feed_file(SNAPSHOT_PATH))
+    majors_in_feed: dict[str, set[int]] = {}
+    for release in releases:
+        for model in release.supported_devices:
+            majors_in_feed.setdefault(model, set()).add(int(release.product_version.split(".")[0]))
+    for product, _, launch, last_major in MODELS:
+        assert product in majors_in_feed, product
+        assert max(majors_in_feed[product]) == last_major, product      # the newest major Apple offers it
+        assert versions_for(launch, last_major), product
+
+    mix = fleet_mix(20)
+    assert mix == fleet_mix(20) and mix != fleet_mix(20, seed=2)
+    for profile, _ in mix:
+        launch, last_major = next((m[2], m[3]) for m in MODELS if m[0] == profile.product_name)
+        assert profile.os_version in versions_for(launch, last_major)
+    products = {p.product_name for p, _ in mix}
+    assert any(p.startswith("iPhone") for p in products) and any(p.startswith("iPad") for p in products)
+    assert {p.os_version.split(".")[0] for p, _ in mix} == {"17", "18", "26"}
+    assert {p.supervised for p, _ in mix} == {True, False}
+    assert {p.time_zone for p, _ in mix} == set(TIME_ZONES)
+    assert Counter(b.habit for _, b in mix) == {"prompt": 6, "tonight": 6, "deadline": 8}
+    assert [b.fails_with for _, b in mix].count(FAILURE_REASON) == 2
+
+
+def test_simulated_device_answers_its_time_zone_when_asked():
+    from mdm.simulator.device import SimulatedDevice, _device_information
+    from appleschema import validate_command_response
+    device = SimulatedDevice("https://localhost", str(SNAPSHOT_PATH.parent / "apple-root-ca.pem"),
+                             profile=DeviceProfile(time_zone="Asia/Kolkata"))
+    response = _device_information(device, {"Command": {"Queries": ["TimeZone", "OSVersion"]}})
+    assert response["QueryResponses"] == {"TimeZone": "Asia/Kolkata", "OSVersion": "17.5"}
+    assert validate_command_response("DeviceInformation", response) == []
+    device.close()
+
+
+def test_demo_feed_moves_the_packaged_snapshot_to_today(app, tmp_path):
+    out = tmp_path / "demo-feed.json"
+    result = app.test_cli_runner().invoke(args=["mdm", "demo-feed", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "For demos only" in result.output
+    releases, _ = parse_feed(json.loads(out.read_text()))
+    newest = max(r.posting_date for r in releases)
+    assert newest == dt.date.today() - dt.timedelta(days=2)
+    original, _ = parse_feed(load_feed_file(SNAPSHOT_PATH))
+    assert sorted((r.product_version, r.build) for r in releases) == \
+        sorted((r.product_version, r.build) for r in original)
+    synced = app.test_cli_runner().invoke(args=["mdm", "catalog", "sync", "--file", str(out), "--json"])
+    assert synced.exit_code == 0, synced.output
+    status = json.loads(synced.output)["status"]
+    assert status["unexpired_releases"] > 0 and status["source"] == str(out)
