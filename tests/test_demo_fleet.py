@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
+
+import pytest
 
 from appleschema import Context, load, validate_keys, validate_protocol
 from test_ddm_protocol import load_current_catalog
@@ -139,8 +146,10 @@ def test_the_mix_is_models_in_apples_feed_on_versions_they_run():
     assert {p.os_version.split(".")[0] for p, _ in mix} == {"17", "18", "26"}
     assert {p.supervised for p, _ in mix} == {True, False}
     assert {p.time_zone for p, _ in mix} == set(TIME_ZONES)
-    assert Counter(b.habit for _, b in mix) == {"prompt": 6, "tonight": 6, "deadline": 8}
-    assert [b.fails_with for _, b in mix].count(FAILURE_REASON) == 2
+    assert Counter(b.habit for _, b in mix) == {"prompt": 8, "tonight": 6, "deadline": 6}
+    failing = [b for _, b in mix if b.fails_with]
+    assert len(failing) == 2 and all(b.fails_with == FAILURE_REASON and b.habit == "prompt" and
+                                     6 <= b.retry_after_hours <= 18 for b in failing)
 
 
 def test_simulated_device_answers_its_time_zone_when_asked():
@@ -169,3 +178,29 @@ def test_demo_feed_moves_the_packaged_snapshot_to_today(app, tmp_path):
     assert synced.exit_code == 0, synced.output
     status = json.loads(synced.output)["status"]
     assert status["unexpired_releases"] > 0 and status["source"] == str(out)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_simulate_keep_running_command_stops_cleanly_on_a_signal(live_server, stop_signal):
+    app = live_server.app
+    env = {**os.environ, "MDM_INSTANCE_PATH": app.instance_path, "MDM_DATABASE_URL": app.config["DATABASE_URL"],
+           "MDM_CERTS_DIR": app.config["CERTS_DIR"], "MDM_SERVER_URL": live_server.url,
+           "MDM_SCHEDULER_ENABLED": "false"}
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "mdm", "simulate", "--devices", "2", "--keep-running",
+               "--speed", "600", "--poll-seconds", "0.2"]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "Ctrl-C stops the fleet" in line:
+                break
+        assert "enrolled 2 of 2 devices" in "".join(lines), "".join(lines)
+        process.send_signal(stop_signal)
+        rest = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, rest
+    assert rest.rstrip().endswith("fleet stopped"), rest

@@ -129,18 +129,19 @@ def _keep_running(server_url, ca_file, enrollment_url, count, *, uniform, worker
                    f"{'supervised' if d.supervised else 'unsupervised':<12} {d.profile.time_zone or 'UTC':<20} "
                    f"{live.behaviour.habit}{', first install fails: ' + live.behaviour.fails_with if live.behaviour.fails_with else ''}")
     _add_to_groups(groups_, [live.device.udid for live in fleet.devices])
-    click.echo(f"checking in every {poll_seconds * 0.5:.0f}-{poll_seconds * 1.5:.0f} s; simulated time runs "
-               f"{speed:g}x from now. Ctrl-C stops the fleet.")
-    _run_until_signal(fleet)
+    _run_until_signal(fleet, f"checking in every {poll_seconds * 0.5:.0f}-{poll_seconds * 1.5:.0f} s; simulated "
+                             f"time runs {speed:g}x from now. Ctrl-C stops the fleet.")
 
 
-def _run_until_signal(fleet) -> None:
+def _run_until_signal(fleet, started_message: str) -> None:
+    """Run the fleet until SIGINT or SIGTERM, printing a summary every SUMMARY_EVERY_SECONDS."""
     stop = fleet.stop_event
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     fleet.start()
+    click.echo(started_message)
     try:
         while not stop.wait(SUMMARY_EVERY_SECONDS):
             click.echo(fleet.summary())

@@ -60,13 +60,18 @@ def versions_for(launch_version: str, last_major: int) -> list[str]:
     return [v for v in START_VERSIONS if _key(launch_version) <= _key(v) and _key(v)[0] <= last_major]
 
 
+# Four in ten tap the notification, three choose Install Tonight, three wait for the deadline.
+_HABIT_CYCLE = ("prompt", "tonight", "deadline", "prompt", "deadline", "tonight", "deadline", "prompt",
+                "tonight", "prompt")
+
+
 def _behaviour(index: int, rng: random.Random, failure_share: float) -> Behaviour:
-    habit = ("prompt", "tonight", "deadline", "prompt", "deadline", "tonight", "deadline", "prompt",
-             "tonight", "deadline")[index % 10]
+    habit = _HABIT_CYCLE[index % len(_HABIT_CYCLE)]
     fails = int((index + 1) * failure_share) > int(index * failure_share)     # evenly spread
     if not fails:
         return Behaviour(habit)
-    return Behaviour(habit, FAILURE_REASON, round(rng.uniform(6, 18), 1))
+    # A failing device is one whose user tries early, so the failure shows within minutes, not at the deadline.
+    return Behaviour("prompt", FAILURE_REASON, round(rng.uniform(6, 18), 1))
 
 
 def fleet_mix(count: int, seed: int = 1, failure_share: float = 0.1) -> list[tuple[DeviceProfile, Behaviour]]:
