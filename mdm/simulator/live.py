@@ -86,9 +86,9 @@ class LiveDevice:
     # ---- the loop ------------------------------------------------------------------------------
     def due(self) -> float:
         """Monotonic time of the next thing this device does."""
-        wakes = [self.next_poll]
         if self.backoff:
             return self.next_poll
+        wakes = [self.next_poll]
         local = ddm.local_now(self.device)
         for when in self._next_events():
             wakes.append(time.monotonic() + self.clock.real_seconds(when - local))
