@@ -30,10 +30,12 @@ from mdm.simulator.live import enroll_live_fleet
 from mdm.simulator.mix import FAILURE_REASON, MODELS, TIME_ZONES, Behaviour, fleet_mix, versions_for
 
 MOVED_ON = {"Scheduled", "Downloading", "Prepared", "Installing", "Compliant", "Failed"}
-MAX_POLLS = 40
-# 100,000x: one real second is 28 simulated hours; the 3-day Vanguard deadline comes within seconds.
-SPEED = 100_000
-POLL_SECONDS = (0.05, 0.2)
+# 20,000x: a real second is 5.6 simulated hours, a poll every 1-3 simulated hours; the Vanguard deadline,
+# 2.5 to 4 simulated days away depending on the time zone, comes after 10-20 real seconds. Slower would
+# be slow; much faster and a loaded machine could let a deadline pass before a user's chosen moment.
+SPEED = 20_000
+POLL_SECONDS = (0.2, 0.5)
+MAX_POLLS = 200
 
 
 def status_item_problems(report: dict, os_version: str, supervised: bool) -> list[str]:
