@@ -74,13 +74,15 @@ def test_kept_running_fleet_moves_past_pending_installs_and_reports_a_failure(li
         (DeviceProfile("iPhone16,1", "26.0", supervised=False, time_zone="Europe/Berlin"), Behaviour("deadline")),
         (DeviceProfile("iPhone12,1", "18.5", time_zone="Australia/Sydney"),
          Behaviour("prompt", fails_with=FAILURE_REASON, retry_after_hours=None)),
+        (DeviceProfile("iPad16,3", "17.5", time_zone="America/Sao_Paulo"),
+         Behaviour("prompt", fails_with=FAILURE_REASON, retry_after_hours=2)),
     ]
     enrolled = enroll_live_fleet(live_server.url, live_server.ca_file, url, plan, speed=SPEED,
                                  poll_seconds=POLL_SECONDS, workers=2)
     assert enrolled.errors == []
     fleet = enrolled.fleet
     udids = [live.device.udid for live in fleet.devices]
-    failing = fleet.devices[3].device
+    failing, recovering = fleet.devices[3].device, fleet.devices[4].device
     with app.app_context():
         add_devices(group_id, udids, actor="test")
         assert {r.state for r in results_for_policy(vanguard.policy_id)} == {"Pending"}
@@ -108,6 +110,8 @@ def test_kept_running_fleet_moves_past_pending_installs_and_reports_a_failure(li
         assert history[0] == "Pending" and MOVED_ON & set(history), history
         if udid == failing.udid:
             assert result.state == "Failed" and FAILURE_REASON in result.detail, result.detail
+        elif udid == recovering.udid:    # the failure count stays until the install succeeds
+            assert result.state == "Compliant" and history.index("Failed") < history.index("Compliant"), history
         else:
             assert result.state == "Compliant", (result.state, result.detail)
             assert "Scheduled" in history and "Installing" in history, history
@@ -115,6 +119,7 @@ def test_kept_running_fleet_moves_past_pending_installs_and_reports_a_failure(li
     reasons = [[r["StatusItems"]["softwareupdate"]["install-reason"]["reason"] for r in live.device.ddm.reports
                 if "install-reason" in r["StatusItems"].get("softwareupdate", {})] for live in fleet.devices]
     assert ["notification"] in reasons[0] and ["install-tonight"] in reasons[1] and ["declaration"] in reasons[2]
+    assert ["system-settings"] in reasons[4]           # the user freed space and installed from Settings
 
     for live in fleet.devices:
         device = live.device
