@@ -118,7 +118,8 @@ class DeviceFilters:
         values.update(changes)
         if values.get("sort") == DEFAULT_SORT:
             values["sort"] = ""
-        return {k: v for k, v in values.items() if v not in (None, "", 1) or (k == "page" and v != 1)}
+        # Page 1 is the default; any other argument is dropped only when empty (group or policy 1 is a real id).
+        return {k: v for k, v in values.items() if v not in (None, "") and not (k == "page" and v == 1)}
 
     def chips(self, group_names: dict | None = None, policy_names: dict | None = None) -> list["FilterChip"]:
         """The active filters, each with the query-string arguments that remove it (back to page 1)."""
