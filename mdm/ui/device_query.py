@@ -3,8 +3,8 @@
 Stays fast with 10,000+ devices: one COUNT and one LIMIT/OFFSET query per page; group memberships and
 the patch columns (status, target, deadline of the policy that won for the device) loaded in one extra
 query each for the page only. Search matches any part of the name, serial number or UDID (case-
-insensitive): a substring match no index serves, so it scans the devices table once per query (about
-3 ms more than a prefix match on 10,000 devices, see docs/ui.md). Sorting is ``ORDER BY`` on a
+insensitive): a substring match no index serves, so the COUNT and the page query each scan the devices
+table (a few milliseconds on 10,000 devices, see docs/ui.md). Sorting is ``ORDER BY`` on a
 whitelisted column (``SORTS``), ascending or descending (``-name``), empty values last, the device id
 breaking ties; the patch columns join the stored plan and result only when sorting by them.
 """
@@ -180,13 +180,20 @@ def _like_prefix(text: str) -> str:
     return _like_escape(text) + "%"
 
 
+def _matches(column, pattern: str):
+    """Case-insensitive LIKE. SQLite's LIKE already ignores ASCII case, and its plain LIKE scans about
+    three times faster than ILIKE's lower(column) LIKE lower(pattern); PostgreSQL needs ILIKE."""
+    if db.session.get_bind().dialect.name == "sqlite":
+        return column.like(pattern, escape="\\")
+    return column.ilike(pattern, escape="\\")
+
+
 def filtered_select(f: DeviceFilters):
     stmt = select(Device)
     if f.q:
         anywhere = "%" + _like_escape(f.q) + "%"
-        stmt = stmt.where(or_(Device.device_name.ilike(anywhere, escape="\\"),
-                              Device.serial_number.ilike(anywhere, escape="\\"),
-                              Device.udid.ilike(anywhere, escape="\\")))
+        stmt = stmt.where(or_(*[_matches(column, anywhere) for column in
+                                (Device.device_name, Device.serial_number, Device.udid)]))
     if f.os:
         stmt = stmt.where(or_(Device.os_version == f.os, Device.os_version.like(_like_prefix(f.os + "."), escape="\\")))
     if f.model:
