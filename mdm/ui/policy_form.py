@@ -10,7 +10,8 @@ row with both blank is ignored, a half-filled row is passed on for the service t
 """
 from __future__ import annotations
 
-from ..ddm.policies import ACTION_LABELS, BETA_LABELS, CADENCE_LABELS, FIELD_LABELS, MACOS_ONLY_SETTINGS
+from ..ddm.policies import ACTION_LABELS, BETA_LABELS, CADENCE_LABELS
+from ..ddm.policies import FIELD_LABELS, MACOS_ONLY_SETTINGS  # noqa: F401  (re-exported for the form's views)
 
 # The dependent fields: only submitted (and shown) while enforcement is on; when it is off they keep
 # their stored values so switching enforcement back on restores them.
@@ -25,7 +26,6 @@ BETA_CHOICES = tuple(BETA_LABELS.items())
 CADENCE_CHOICES = tuple(CADENCE_LABELS.items())
 # The platform a policy is for, as the UI names it: iPadOS is iOS to Apple's declarations.
 PLATFORM_LABELS = {"iOS": "iOS & iPadOS"}
-__all__ = ["FIELD_LABELS", "MACOS_ONLY_SETTINGS"]
 
 
 def platform_label(platform: str | None) -> str:
