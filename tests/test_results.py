@@ -95,9 +95,9 @@ def test_result_states(app, name, overrides, expected, detail):
     assert detail in evaluation.detail
 
 
-def make_device(udid, product="iPhone15,2", os_version="18.0"):
+def make_device(udid, product="iPhone15,2", os_version="18.0", time_zone=None):
     d = Device(udid=udid, product_name=product, os_version=os_version, is_supervised=True,
-               enrollment_status="enrolled")
+               enrollment_status="enrolled", time_zone=time_zone)
     db.session.add(d)
     db.session.commit()
     return d
@@ -117,7 +117,7 @@ def test_results_for_a_policy_cover_mixed_groups_and_conflicts_with_history(app)
     from mdm.ddm.status import ingest
     import json
     with app.app_context():
-        phone = make_device("PHONE")
+        phone = make_device("PHONE", time_zone="Asia/Tokyo")
         mac = make_device("MAC", product="Mac14,2", os_version="15.0")
         direct = make_device("DIRECT")
         group = DeviceGroup(name="Mixed")
@@ -151,7 +151,10 @@ def test_results_for_a_policy_cover_mixed_groups_and_conflicts_with_history(app)
         assert phone_result.state == "Scheduled"
         assert [h["state"] for h in phone_result.history] == ["Pending", "Scheduled"]
         assert phone_result.history[1]["previous_state"] == "Pending"
-        assert phone_result.as_dict()["deadline_utc"].endswith("Z")
+        # TargetLocalDateTime is Tokyo wall time (UTC+9): the instant is nine hours earlier in UTC.
+        local = dt.datetime.fromisoformat(phone_result.deadline_local)
+        assert phone_result.as_dict()["deadline_utc"] == (local - dt.timedelta(hours=9)).isoformat() + "Z"
+        assert phone_result.as_dict()["time_zone"] == "Asia/Tokyo"
 
         # The device view shows the winner and the losing policy.
         direct_results = results.results_for_device(direct)

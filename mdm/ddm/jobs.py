@@ -19,9 +19,9 @@ from ..signals import device_checked_out, device_enrolled, device_facts_changed,
 
 log = logging.getLogger(__name__)
 
-# Facts that change a device's model or installed version, hence its plan.
+# Facts that change a device's model or installed version, hence its plan (time_zone: its deadline instant).
 PLAN_FACTS = {"os_version", "build_version", "product_name", "model_name", "software_update_device_id",
-              "is_supervised", "enrollment_status"}
+              "is_supervised", "enrollment_status", "time_zone"}
 
 
 def refresh_catalog(app) -> None:
