@@ -435,7 +435,7 @@ def _queued_note(problem: str | None, push: PushRequest | None) -> str:
     if push.status == "pending" and push.attempts and push.last_reason:
         return f"{QUEUED}; pushes are failing and being retried: {push.last_reason}"
     if push.status == "sent" and push.sent_at:
-        return f"{QUEUED}; pushed at {push.sent_at:%Y-%m-%d %H:%M} UTC, no check-in since"
+        return f"{QUEUED}; last pushed at {push.sent_at:%Y-%m-%d %H:%M} UTC"
     return QUEUED
 
 
