@@ -311,3 +311,30 @@ def test_the_dashboard_and_the_device_list_use_the_same_seven_day_window(app, fl
     assert upcoming.count("device time zone unknown") == 2
     listed = browser.get("/devices?deadline=7").text
     assert "TOKYO" in listed and "BOGUS" in listed and "NEW-YORK" not in listed and "FIXED-5" not in listed
+
+
+def test_the_periodic_inventory_asks_again_for_the_zone_once_a_day(app):
+    from mdm.ddm.inventory import queue_inventory
+    from mdm.models import utcnow
+    now = utcnow()
+    with app.app_context():
+        answered = {}
+        for name, hours_ago, status in [("STALE", 25, "enrolled"), ("FRESH", 1, "enrolled"),
+                                        ("NEVER", None, "enrolled"), ("GONE", 25, "unenrolled")]:
+            device = Device(udid=name, enrollment_status=status, push_token="ab" * 32, push_magic="M")
+            db.session.add(device)
+            db.session.flush()
+            if hours_ago is not None:
+                db.session.add(Command(device_id=device.id, request_type="DeviceInformation", payload=b"x",
+                                       status="Acknowledged", completed_at=now - dt.timedelta(hours=hours_ago)))
+            answered[name] = device.id
+        db.session.commit()
+
+        assert queue_inventory(now) == 2
+        waiting = Command.query.filter_by(status="queued", request_type="DeviceInformation").all()
+        assert {db.session.get(Device, c.device_id).udid for c in waiting} == {"STALE", "NEVER"}
+        assert all("TimeZone" in plistlib.loads(c.payload)["Command"]["Queries"] for c in waiting)
+        assert {c.queued_by for c in waiting} == {"system:inventory"}
+        assert queue_inventory(now) == 0                   # one waiting query per device, never a pile
+        app.config["INVENTORY_INTERVAL_HOURS"] = 0
+        assert queue_inventory(now + dt.timedelta(days=3)) == 0
