@@ -1,5 +1,6 @@
-"""Dashboard: fleet figures, patch compliance per policy with a chart, deadlines, push certificate, and
-the devices left without a patch target by a stale catalog or an unknown model."""
+"""Dashboard: fleet figures, patch compliance per policy with a chart, deadlines, push certificate (with a
+warning from ``pushcert.RENEW_WARNING_DAYS`` days before it expires), and the devices left without a patch
+target by a stale catalog or an unknown model."""
 from __future__ import annotations
 
 from datetime import timedelta
