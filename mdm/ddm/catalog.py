@@ -431,15 +431,14 @@ def catalog_health(now: dt.datetime | None = None) -> CatalogHealth:
 
 
 def _problem(now, *, origin, source, loaded_at, last_error, releases, unexpired, newest_expiry) -> str | None:
+    """One sentence (plus the last error); where the catalog came from is ``origin_text``, shown beside it."""
     error = f" Last sync error: {last_error}." if last_error else ""
-    using_snapshot = " The packaged snapshot is in use; no sync from Apple has succeeded." \
-        if origin == ORIGIN_SNAPSHOT else ""
     if releases == 0:
         return ("The release catalog is empty: no device gets a patch target until a sync succeeds "
                 f"(flask mdm catalog sync, or Sync now in Settings).{error}")
     if unexpired == 0:
         return (f"Every release in the catalog has expired (latest expiration {newest_expiry}): no device gets "
-                f"a patch target until a sync from Apple succeeds.{using_snapshot}{error}")
+                f"a patch target until a sync from Apple succeeds.{error}")
     if origin == ORIGIN_SNAPSHOT and last_error:
         return (f"Apple's release catalog is unreachable: the packaged snapshot is in use and releases "
                 f"published since are unknown.{error}")
