@@ -30,6 +30,9 @@ class Device(db.Model):
     build_version = db.Column(db.String(32))
     software_update_device_id = db.Column(db.String(64))  # e.g. iPhone15,2 or D73AP
     is_supervised = db.Column(db.Boolean)
+    # IANA zone name as the device reported it (DeviceInformation TimeZone, iOS 14+); may be missing or
+    # invalid, so read it through ``mdm.ddm.targets.zone_named``. Deadlines are wall time in this zone.
+    time_zone = db.Column(db.String(64))
     topic = db.Column(db.String(255))
     # authenticated -> enrolled (first TokenUpdate) -> unenrolled (CheckOut); history is kept.
     enrollment_status = db.Column(db.String(16), nullable=False, default="authenticated", index=True)

@@ -242,3 +242,23 @@ def test_cli_sync_from_file_and_list(app, tmp_path):
     assert "17.7" in versions and "18.0" not in versions
     out = runner.invoke(args=["mdm", "catalog", "sync", "--file", str(tmp_path / "missing.json"), "--json"])
     assert out.exit_code == 1 and json.loads(out.output)["errors"][0]["field"] == "catalog"
+
+
+@pytest.mark.parametrize("source, origin, text", [
+    ("snapshot:gdmf-pmv.json", "snapshot", "packaged snapshot loaded at 2026-11-01 09:30 UTC (no sync from Apple "
+                                           "has succeeded)"),
+    ("https://gdmf.apple.com/v2/pmv", "apple", "synced from Apple at 2026-11-01 09:30 UTC"),
+    ("https://mirror.example/pmv", "url", "synced from https://mirror.example/pmv at 2026-11-01 09:30 UTC"),
+    ("/srv/pmv.json", "file", "loaded from the file /srv/pmv.json at 2026-11-01 09:30 UTC"),
+])
+def test_catalog_health_names_where_the_catalog_came_from(ctx, source, origin, text):
+    from mdm.ddm import catalog
+    loaded = dt.datetime(2026, 11, 1, 9, 30)
+    catalog.apply_feed(FEED_2026, source, now=loaded)
+    health = catalog.catalog_health(now=loaded + dt.timedelta(days=1))
+    assert (health.origin, health.origin_text, health.problem) == (origin, text, None)
+    # The 2026-08-22 feed's releases expire on 2026-11-20: after that nobody gets a target.
+    expired = catalog.catalog_health(now=dt.datetime(2026, 11, 21)).problem
+    assert expired.startswith("Every release in the catalog has expired (latest expiration 2026-11-20)")
+    # Not refreshed for more than a week (and not expired yet): stale.
+    assert "for 8 days (since 2026-11-01)" in catalog.catalog_health(now=dt.datetime(2026, 11, 9, 10)).problem

@@ -21,6 +21,8 @@ PREVIOUS_RELEASE = "aa50c2e4f6eb"   # the first released schema
 def test_upgrading_a_populated_database_from_the_previous_release_keeps_every_row(app):
     """Downgrade to the previous release's schema, fill it as that release would, upgrade: every row
     survives with its values."""
+    from types import SimpleNamespace
+
     from flask_migrate import downgrade, upgrade
     from sqlalchemy import inspect
 
@@ -33,12 +35,12 @@ def test_upgrading_a_populated_database_from_the_previous_release_keeps_every_ro
         assert "scheduler_job_runs" not in inspect(db.engine).get_table_names()
         create_token(description="kept", max_uses=3)
         for n in range(5):
-            device = Device(udid=f"UPGRADE-{n}", serial_number=f"SN{n}", product_name="iPhone15,2",
-                            os_version="17.5", enrollment_status="enrolled", is_supervised=True,
-                            push_token="ab" * 32, push_magic=f"MAGIC-{n}", unlock_token=b"unlock-%d" % n)
-            db.session.add(device)
-            db.session.flush()
-            enqueue(device, "DeviceInformation", push=False)
+            # Core insert: the ORM would also write columns that release did not have yet.
+            values = dict(udid=f"UPGRADE-{n}", serial_number=f"SN{n}", product_name="iPhone15,2",
+                          os_version="17.5", enrollment_status="enrolled", is_supervised=True,
+                          push_token="ab" * 32, push_magic=f"MAGIC-{n}", unlock_token=b"unlock-%d" % n)
+            device_id = db.session.execute(db.insert(Device.__table__).values(**values)).inserted_primary_key[0]
+            enqueue(SimpleNamespace(id=device_id, udid=values["udid"]), "DeviceInformation", push=False)
         db.session.commit()
 
         def snapshot():

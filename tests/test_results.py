@@ -95,9 +95,9 @@ def test_result_states(app, name, overrides, expected, detail):
     assert detail in evaluation.detail
 
 
-def make_device(udid, product="iPhone15,2", os_version="18.0"):
+def make_device(udid, product="iPhone15,2", os_version="18.0", time_zone=None):
     d = Device(udid=udid, product_name=product, os_version=os_version, is_supervised=True,
-               enrollment_status="enrolled")
+               enrollment_status="enrolled", time_zone=time_zone)
     db.session.add(d)
     db.session.commit()
     return d
@@ -117,7 +117,7 @@ def test_results_for_a_policy_cover_mixed_groups_and_conflicts_with_history(app)
     from mdm.ddm.status import ingest
     import json
     with app.app_context():
-        phone = make_device("PHONE")
+        phone = make_device("PHONE", time_zone="Asia/Tokyo")
         mac = make_device("MAC", product="Mac14,2", os_version="15.0")
         direct = make_device("DIRECT")
         group = DeviceGroup(name="Mixed")
@@ -151,7 +151,10 @@ def test_results_for_a_policy_cover_mixed_groups_and_conflicts_with_history(app)
         assert phone_result.state == "Scheduled"
         assert [h["state"] for h in phone_result.history] == ["Pending", "Scheduled"]
         assert phone_result.history[1]["previous_state"] == "Pending"
-        assert phone_result.as_dict()["deadline_utc"].endswith("Z")
+        # TargetLocalDateTime is Tokyo wall time (UTC+9): the instant is nine hours earlier in UTC.
+        local = dt.datetime.fromisoformat(phone_result.deadline_local)
+        assert phone_result.as_dict()["deadline_utc"] == (local - dt.timedelta(hours=9)).isoformat() + "Z"
+        assert phone_result.as_dict()["time_zone"] == "Asia/Tokyo"
 
         # The device view shows the winner and the losing policy.
         direct_results = results.results_for_device(direct)
@@ -159,3 +162,29 @@ def test_results_for_a_policy_cover_mixed_groups_and_conflicts_with_history(app)
         assert ("Ring", "Not applicable") in [(r.policy_name, r.state) for r in direct_results]
         assert "won over: Ring" in direct_results[0].detail
         assert PolicyResultChange.query.filter_by(device_id=mac.id).count() == 0
+
+
+def test_zone_unknown_deadlines_are_never_counted_from_a_guess(app):
+    zoneless = plan(deadline_utc=None)                   # the device has not reported a valid time zone
+    scheduled = state_of(app, device(), zoneless, served(), status())
+    assert scheduled.state == "Scheduled" and scheduled.detail.endswith("(device time zone unknown)")
+    # 09:00 on 03-05 has passed in UTC but not yet at UTC-12 (21:00 UTC): not overdue yet...
+    late = dt.datetime(2026, 3, 5, 20, 0)
+    assert state_of(app, device(), zoneless, served(), status(reported=late), now=late).state == "Scheduled"
+    # ...and overdue once it has passed everywhere.
+    later = dt.datetime(2026, 3, 5, 21, 1)
+    overdue = state_of(app, device(), zoneless, served(), status(reported=later), now=later)
+    assert overdue.state == "Overdue" and "passed in every time zone" in overdue.detail
+
+
+def test_a_queued_sync_command_is_not_called_sent(app):
+    note = f"{results.QUEUED}; the last push to it failed: ServiceUnavailable"
+    with app.app_context():
+        never = results.evaluate(device(), plan(), served(), None, NOW, note)
+        older = results.evaluate(device(), plan(), served(), status(**{ENF.replace(".", "__"): {
+            "kind": "configurations", "server_token": "old", "active": True, "valid": "valid", "reasons": [],
+            "current": False}}), NOW, note)
+        silent = results.evaluate(device(), plan(), served(changed_at=NOW - dt.timedelta(days=9)), None, NOW, note)
+    assert (never.state, never.detail) == ("Pending", note)
+    assert (older.state, older.detail) == ("Pending", note)
+    assert silent.state == "Unknown" and silent.detail == f"no status report yet; {note}"

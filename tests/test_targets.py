@@ -198,7 +198,7 @@ def test_policy_applied_after_a_release_gets_the_full_grace_period_and_keeps_it(
     from mdm.ddm.models import PolicyBinding
     from mdm.ddm.plan import patch_plan_for_device, recompute
     catalog.apply_feed(FEED_2024, "test-feed", now=D(2024, 9, 16))
-    phone = add_device("late", "iPhone15,2", "17.6.1")
+    phone = add_device("late", "iPhone15,2", "17.6.1", time_zone="UTC")
     policy = make_policy("Vanguard-like", deferral_days=1, enforce=True, grace_days=3, local_time="18:00")
     db.session.add(PolicyBinding(policy_id=policy.id, device_id=phone.id))
     db.session.commit()
@@ -207,7 +207,7 @@ def test_policy_applied_after_a_release_gets_the_full_grace_period_and_keeps_it(
     assert recompute([phone.id], now=applied) == {phone.id}
     plan = patch_plan_for_device(phone)
     assert (plan.target_version, plan.deadline_local, plan.binding) == ("18.0", "2024-10-04T18:00:00", "device")
-    assert plan.deadline_utc == D(2024, 10, 4, 18) and not plan.compliant
+    assert plan.deadline_utc == D(2024, 10, 4, 18) and not plan.compliant      # a device on UTC
     # An hour later nothing changed: the deadline does not slide with the clock.
     assert recompute([phone.id], now=applied + dt.timedelta(hours=1)) == set()
     assert patch_plan_for_device(phone).deadline_local == "2024-10-04T18:00:00"
@@ -248,3 +248,39 @@ def test_recompute_follows_the_device_and_the_clock(ctx):
     db.session.commit()
     assert recompute(now=D(2024, 9, 24)) == {tablet.id}
     assert db.session.get(DevicePatchTarget, tablet.id) is None and patch_plan_for_device(tablet) is None
+
+
+@pytest.mark.parametrize("time_zone, expected", [
+    ("America/New_York", D(2027, 1, 14, 0)),      # EST, UTC-5: five hours later in UTC
+    ("America/New_York", None),                   # (summer case below)
+    ("Etc/GMT+5", D(2027, 1, 14, 0)),             # a fixed UTC-5 zone (POSIX sign: GMT+5 is UTC-5)
+    ("Asia/Tokyo", D(2027, 1, 13, 10)),           # UTC+9: nine hours earlier
+    ("UTC", D(2027, 1, 13, 19)),
+    (None, None), ("", None), ("Mars/Olympus_Mons", None), ("localtime", None), ("../../etc/passwd", None),
+    ("+05:00", None), (42, None),
+])
+def test_a_deadline_is_an_instant_only_in_a_known_iana_zone(time_zone, expected):
+    from mdm.ddm.targets import deadline_instant_utc
+    if time_zone == "America/New_York" and expected is None:
+        assert deadline_instant_utc("2027-07-13T19:00:00", time_zone) == D(2027, 7, 13, 23)   # EDT, UTC-4
+        return
+    assert deadline_instant_utc("2027-01-13T19:00:00", time_zone) == expected
+
+
+def test_dst_edges_and_malformed_local_strings_do_not_crash():
+    from mdm.ddm.targets import deadline_instant_utc
+    # 02:30 does not exist in New York on 2027-03-14 (spring forward): counted with the offset before (EST).
+    assert deadline_instant_utc("2027-03-14T02:30:00", "America/New_York") == D(2027, 3, 14, 7, 30)
+    # 01:30 happens twice on 2027-11-07: the first one (EDT).
+    assert deadline_instant_utc("2027-11-07T01:30:00", "America/New_York") == D(2027, 11, 7, 5, 30)
+    assert deadline_instant_utc("tomorrow", "Asia/Tokyo") is None
+    assert deadline_instant_utc(None, "Asia/Tokyo") is None
+
+
+def test_with_the_zone_unknown_overdue_means_passed_in_every_zone():
+    from mdm.ddm.targets import deadline_passed_everywhere
+    local = "2027-01-13T19:00:00"
+    assert not deadline_passed_everywhere(local, D(2027, 1, 14, 6, 59))    # still before 19:00 at UTC-12
+    assert not deadline_passed_everywhere(local, D(2027, 1, 14, 7, 0))
+    assert deadline_passed_everywhere(local, D(2027, 1, 14, 7, 1))
+    assert not deadline_passed_everywhere(None, D(2030, 1, 1))

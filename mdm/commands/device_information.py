@@ -29,12 +29,13 @@ SoftwareUpdateSettings AccessibilitySettings DevicePropertiesAttestation EACSPre
 """.split())
 
 # What the server needs for inventory and software-update targeting (SoftwareUpdateDeviceID and the
-# Supplemental* values identify the update catalog entry and Rapid Security Responses).
+# Supplemental* values identify the update catalog entry and Rapid Security Responses). TimeZone (iOS 14+,
+# information.device.yaml) places the device-local patch deadline (TargetLocalDateTime) in time.
 DEFAULT_QUERIES = (
     "UDID", "DeviceName", "SerialNumber", "ProductName", "Model", "ModelName", "ModelNumber",
     "OSVersion", "BuildVersion", "SupplementalBuildVersion", "SupplementalOSVersionExtra",
     "SoftwareUpdateDeviceID", "IsSupervised", "DeviceCapacity", "AvailableDeviceCapacity", "BatteryLevel",
-    "IsMDMLostModeEnabled", "IsActivationLockEnabled", "WiFiMAC", "IMEI",
+    "IsMDMLostModeEnabled", "IsActivationLockEnabled", "WiFiMAC", "IMEI", "TimeZone",
 )
 
 # QueryResponses key -> (Device column, expected type)
@@ -48,6 +49,7 @@ COLUMNS = {
     "DeviceName": ("device_name", str),
     "SerialNumber": ("serial_number", str),
     "SoftwareUpdateDeviceID": ("software_update_device_id", str),
+    "TimeZone": ("time_zone", str),     # stored as reported; validated where it is used (ddm/targets.py)
 }
 
 

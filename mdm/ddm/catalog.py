@@ -12,6 +12,11 @@ One row per (ProductVersion, Build) for iPhone, iPad and iPod. The traps in the 
 
 A snapshot ships in ``data/gdmf-pmv.json`` so a fresh install works offline. A failed refresh keeps
 the cache; rows Apple no longer lists are removed only after a successful refresh.
+
+Read side: ``catalog_health`` says where the catalog came from ("packaged snapshot loaded" versus
+"synced from Apple at ...") and, when the catalog cannot be trusted (empty, every release expired,
+Apple unreachable, not refreshed for STALE_AFTER_DAYS), the problem in one sentence for the banner
+every admin page shows. ``devices_without_target`` counts the plans left without a target by it.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from flask import current_app
 
 from ..extensions import db
 from ..models import audit, utcnow
-from .models import CatalogRelease, CatalogState
+from .models import CatalogRelease, CatalogState, DevicePatchTarget
+from .targets import REASON_CATALOG_EXPIRED, REASON_MODEL_UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +361,102 @@ def catalog_status(now: dt.datetime | None = None) -> dict:
     elif last_success is None or now - last_success > dt.timedelta(days=STALE_AFTER_DAYS):
         warnings.append(f"not refreshed from Apple for more than {STALE_AFTER_DAYS} days "
                         f"(last success: {last_success or 'never'}); newly published releases are unknown")
+    health = catalog_health(now)
     return {"source": state.source if state else None,
             "last_attempt_at": state.last_attempt_at.isoformat() if state and state.last_attempt_at else None,
             "last_success_at": last_success.isoformat() if last_success else None,
             "last_error": state.last_error if state else None,
             "releases": len(rows), "unexpired_releases": len(live),
-            "stale": bool(warnings), "warnings": warnings}
+            "stale": bool(warnings), "warnings": warnings,
+            "origin": health.origin, "origin_text": health.origin_text, "problem": health.problem}
+
+
+ORIGIN_SNAPSHOT, ORIGIN_APPLE, ORIGIN_URL, ORIGIN_FILE = "snapshot", "apple", "url", "file"
+
+
+@dataclass(frozen=True)
+class CatalogHealth:
+    origin: str | None               # where the rows in use came from (ORIGIN_*), None before any load
+    source: str | None
+    loaded_at: dt.datetime | None    # the last successful load or sync (UTC)
+    last_error: str | None           # the latest failed sync's message, when it failed after that
+    releases: int                    # OS releases (security responses are not targets)
+    unexpired: int
+    newest_expiry: dt.date | None
+    problem: str | None              # the banner's sentence; None when the catalog can be trusted
+
+    @property
+    def origin_text(self) -> str:
+        when = f"{self.loaded_at:%Y-%m-%d %H:%M} UTC" if self.loaded_at else "an unknown time"
+        if self.origin == ORIGIN_SNAPSHOT:
+            return f"packaged snapshot loaded at {when} (no sync from Apple has succeeded)"
+        if self.origin == ORIGIN_APPLE:
+            return f"synced from Apple at {when}"
+        if self.origin == ORIGIN_URL:
+            return f"synced from {self.source} at {when}"
+        if self.origin == ORIGIN_FILE:
+            return f"loaded from the file {self.source} at {when}"
+        return "no release catalog loaded yet"
+
+
+def _origin(source: str | None) -> str | None:
+    if not source:
+        return None
+    if source.startswith("snapshot:"):
+        return ORIGIN_SNAPSHOT
+    if source.startswith(("https://gdmf.apple.com/", "http://gdmf.apple.com/")):
+        return ORIGIN_APPLE
+    if source.startswith(("https://", "http://")):
+        return ORIGIN_URL
+    return ORIGIN_FILE
+
+
+def catalog_health(now: dt.datetime | None = None) -> CatalogHealth:
+    """Where the catalog came from and whether it can be trusted. Read-only: never loads the snapshot."""
+    now = now or utcnow()
+    state = db.session.get(CatalogState, 1)
+    os_rows = db.select(CatalogRelease.expiration_date).where(CatalogRelease.kind == "os")
+    expiries = list(db.session.scalars(os_rows))
+    unexpired = sum(1 for e in expiries if e is None or e >= now.date())
+    newest_expiry = max((e for e in expiries if e), default=None)
+    source = state.source if state else None
+    loaded_at = state.last_success_at if state else None
+    failed_since = bool(state and state.last_error and state.last_attempt_at
+                        and (loaded_at is None or state.last_attempt_at >= loaded_at))
+    last_error = state.last_error if failed_since else None
+    origin = _origin(source) if loaded_at else None
+    facts = dict(origin=origin, source=source, loaded_at=loaded_at, last_error=last_error,
+                 releases=len(expiries), unexpired=unexpired, newest_expiry=newest_expiry)
+    return CatalogHealth(problem=_problem(now, **facts), **facts)
+
+
+def _problem(now, *, origin, source, loaded_at, last_error, releases, unexpired, newest_expiry) -> str | None:
+    """One sentence (plus the last error); where the catalog came from is ``origin_text``, shown beside it."""
+    error = f" Last sync error: {last_error}." if last_error else ""
+    if releases == 0:
+        return ("The release catalog is empty: no device gets a patch target until a sync succeeds "
+                f"(flask mdm catalog sync, or Sync now in Settings).{error}")
+    if unexpired == 0:
+        return (f"Every release in the catalog has expired (latest expiration {newest_expiry}): no device gets "
+                f"a patch target until a sync from Apple succeeds.{error}")
+    if origin == ORIGIN_SNAPSHOT and last_error:
+        return (f"Apple's release catalog is unreachable: the packaged snapshot is in use and releases "
+                f"published since are unknown.{error}")
+    age_days = (now - loaded_at).days if loaded_at else None
+    if age_days is not None and age_days > STALE_AFTER_DAYS:
+        what = "The packaged snapshot has been in use" if origin == ORIGIN_SNAPSHOT else \
+            "The release catalog has not been refreshed"
+        return (f"{what} for {age_days} days (since {loaded_at:%Y-%m-%d}): releases published since are "
+                f"unknown.{error}")
+    return None
+
+
+def devices_without_target() -> dict[str, int]:
+    """Devices a patch policy reaches that have no target because of the catalog ("catalog": every
+    release for their model expired) or because their model is unknown to it ("model_unknown")."""
+    counts = dict(db.session.execute(
+        db.select(DevicePatchTarget.reason, db.func.count(DevicePatchTarget.device_id))
+        .where(DevicePatchTarget.policy_id.is_not(None),
+               DevicePatchTarget.reason.in_((REASON_CATALOG_EXPIRED, REASON_MODEL_UNKNOWN)))
+        .group_by(DevicePatchTarget.reason)).all())
+    return {"catalog": counts.get(REASON_CATALOG_EXPIRED, 0), "model_unknown": counts.get(REASON_MODEL_UNKNOWN, 0)}

@@ -1,7 +1,8 @@
 """The policy engine's wiring: scheduler jobs and signal receivers (imported with the DDM models).
 
 Jobs: catalog refresh (daily, and once shortly after start), full recomputation (hourly, so deferrals
-and deadlines move with the clock), and a minute job draining the recompute queue. Receivers only
+and deadlines move with the clock), a minute job draining the recompute queue, and the periodic
+inventory (``inventory.py``: a daily DeviceInformation per device, for its time zone and OS). Receivers only
 record work (``queue_recompute``) inside the sender's transaction; after a request that queued
 something commits, the queue is drained before the response leaves, so plans follow at once.
 """
@@ -19,9 +20,9 @@ from ..signals import device_checked_out, device_enrolled, device_facts_changed,
 
 log = logging.getLogger(__name__)
 
-# Facts that change a device's model or installed version, hence its plan.
+# Facts that change a device's model or installed version, hence its plan (time_zone: its deadline instant).
 PLAN_FACTS = {"os_version", "build_version", "product_name", "model_name", "software_update_device_id",
-              "is_supervised", "enrollment_status"}
+              "is_supervised", "enrollment_status", "time_zone"}
 
 
 def refresh_catalog(app) -> None:
@@ -42,10 +43,16 @@ def drain_recompute_queue(app) -> None:
     run_queued_recomputes()
 
 
+def refresh_inventory(app) -> None:
+    from .inventory import queue_inventory
+    queue_inventory()
+
+
 register_job(refresh_catalog, "interval", hours=24,
              next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30))
 register_job(recompute_all, "interval", hours=1)
 register_job(drain_recompute_queue, "interval", minutes=1)
+register_job(refresh_inventory, "interval", hours=1)      # asks only devices whose answer is a day old
 
 
 # ---- signal receivers -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from . import catalog
 from .models import CatalogRelease, DevicePatchTarget, PatchPolicy, PolicyBinding, RecomputeRequest
 from .policies import PolicySettings, settings_of
 from .targets import (REASON_MODEL_UNKNOWN, ReleaseIndex, build_release_index, choose_target,
-                      enforcement_deadline)
+                      deadline_instant_utc, enforcement_deadline)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PatchPlan:
     target_version: str | None
     target_build: str | None
     deadline_local: str | None    # "yyyy-mm-ddThh:mm:ss", device-local, no offset (TargetLocalDateTime)
-    deadline_utc: dt.datetime | None
+    deadline_utc: dt.datetime | None  # the instant in the device's zone; None when the zone is unknown
     reason: str | None            # why no enforcement: "compliant", "model unknown", "no candidate release", ...
     compliant: bool
     conflicts: tuple[str, ...]
@@ -228,7 +228,7 @@ def _load_rows(model, wanted: list[int] | None) -> dict[int, dict]:
 def _load_devices(ids: list[int] | None):
     """Every device when ``ids`` is None (one scan beats thousands of IN lists), else those."""
     query = select(Device.id, Device.product_name, Device.model_name, Device.software_update_device_id,
-                   Device.os_version, Device.enrollment_status)
+                   Device.os_version, Device.enrollment_status, Device.time_zone)
     if ids is None:
         yield from db.session.execute(query)
         return
@@ -251,8 +251,8 @@ def _winner(direct_ids, group_pairs, policies, strictness, group_names) -> tuple
 
 def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dict:
     """Target, deadline and reason for one device; memoised on what they depend on."""
-    _device_id, product_name, _model_name, su_device_id, os_version, _status = device
-    key = (winner_id, su_device_id, product_name, os_version, applied_at)
+    _device_id, product_name, _model_name, su_device_id, os_version, _status, time_zone = device
+    key = (winner_id, su_device_id, product_name, os_version, applied_at, time_zone)
     cached = cache.get(key)
     if cached is not None:
         return cached
@@ -267,9 +267,10 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
         row.update(compliant=choice.compliant, reason=choice.reason, target_version=choice.target_version,
                    target_build=choice.target_build)
         if choice.release is not None and s.enforce and s.local_time:
-            row["deadline_local"], row["deadline_utc"] = enforcement_deadline(
+            row["deadline_local"], _wall_time = enforcement_deadline(
                 choice.release, deferral_days=s.deferral_days, grace_days=s.grace_days, local_time=s.local_time,
                 applied_at=applied_at)
+            row["deadline_utc"] = deadline_instant_utc(row["deadline_local"], time_zone)
     cache[key] = row
     return row
 

@@ -8,9 +8,12 @@ the UI and the CLI read facts. States, first match wins:
   Compliant       installed version at or above the target
   Unknown         no status report for DDM_STATUS_STALE_HOURS (default 72) or never
   Failed          softwareupdate.failure-reason count > 0, install-state failed, or our declaration invalid
-  Pending         declaration sent but the device has not reported this version of it yet
+  Pending         declaration sent but the device has not reported this version of it yet; while the
+                  DeclarativeManagement command still waits in the queue the detail says "queued — waiting
+                  for the device" and why (push certificate, the device's push token, the last push failed)
   Downloading / Prepared / Installing   softwareupdate.install-state
-  Overdue         the deadline passed and the device is not on the target
+  Overdue         the deadline passed in the device's time zone and the device is not on the target; with
+                  the zone unknown, only once the deadline passed in every zone (deadline_utc stays None)
   Scheduled       target and deadline known, the declaration reported valid and active
 """
 from __future__ import annotations
@@ -22,10 +25,11 @@ from types import SimpleNamespace
 from flask import current_app
 
 from ..extensions import db
-from ..models import Device, utcnow
+from ..models import Command, Device, PushRequest, utcnow
 from . import declarations as decl
 from .state_models import DeclarationSet, DeviceStatus, PolicyResult, PolicyResultChange
 from .status import item
+from .targets import LATEST_ZONE_OFFSET, ZONE_UNKNOWN, deadline_passed_everywhere, zone_named
 
 COMPLIANT = "Compliant"
 SCHEDULED = "Scheduled"
@@ -40,6 +44,8 @@ UNKNOWN = "Unknown"
 
 _INSTALL_STATES = {"downloading": DOWNLOADING, "prepared": PREPARED, "installing": INSTALLING}
 _UNSET = object()
+QUEUED = "queued — waiting for the device"
+_CHUNK = 500
 
 
 @dataclass
@@ -54,7 +60,8 @@ class DeviceResult:
     target_version: str | None = None
     target_build: str | None = None
     deadline_local: str | None = None
-    deadline_utc: datetime | None = None
+    deadline_utc: datetime | None = None      # None when the device's time zone is unknown
+    time_zone: str | None = None              # the device's IANA zone, None when unknown or invalid
     os_version: str | None = None
     build_version: str | None = None
     reported_at: datetime | None = None
@@ -89,8 +96,9 @@ def _reason_codes(entry: dict | None) -> tuple[str, ...]:
 
 
 def evaluate(device, plan, declaration_set: DeclarationSet | None, status: DeviceStatus | None,
-             now: datetime) -> Evaluation:
-    """The state of one policy's plan on one device (pure: reads only its arguments)."""
+             now: datetime, delivery: str | None = None) -> Evaluation:
+    """The state of one policy's plan on one device (pure: reads only its arguments). ``delivery``: what
+    ``delivery_notes`` says when the device's DeclarativeManagement command is still queued."""
     if not device.runs_ios:
         return Evaluation(NOT_APPLICABLE, "not an iOS device")
     installed = decl.version_tuple(device.os_version)
@@ -116,8 +124,8 @@ def evaluate(device, plan, declaration_set: DeclarationSet | None, status: Devic
         when = f"since {last.isoformat(timespec='minutes')}Z" if last else "yet"
         sent_recently = declaration_set is not None and now - declaration_set.changed_at <= _stale_after()
         if last is None and sent_recently:
-            return Evaluation(PENDING, "sent; no status report yet")
-        return Evaluation(UNKNOWN, f"no status report {when}")
+            return Evaluation(PENDING, delivery or "sent; no status report yet")
+        return Evaluation(UNKNOWN, f"no status report {when}" + (f"; {delivery}" if delivery else ""))
 
     reported = status.declarations or {}
     entry = reported.get(enforcement_id)
@@ -134,15 +142,21 @@ def evaluate(device, plan, declaration_set: DeclarationSet | None, status: Devic
     if install_state == "failed":
         return Evaluation(FAILED, "install-state failed")
     if entry is None or not entry["current"]:
-        return Evaluation(PENDING, "sent; the device has not reported this version of the declaration yet")
+        return Evaluation(PENDING, delivery or "sent; the device has not reported this version of the "
+                                               "declaration yet")
     if install_state in _INSTALL_STATES:
         pending = item(status.items or {}, "softwareupdate.pending-version") or {}
         return Evaluation(_INSTALL_STATES[install_state],
                           f"{install_state} {pending.get('os-version') or target}")
     if plan.deadline_utc and now > plan.deadline_utc:
         return Evaluation(OVERDUE, f"deadline {plan.deadline_local} passed; still on {device.os_version}")
+    zone_unknown = bool(plan.deadline_local and not plan.deadline_utc)
+    if zone_unknown and deadline_passed_everywhere(plan.deadline_local, now):
+        return Evaluation(OVERDUE, f"deadline {plan.deadline_local} passed in every time zone ({ZONE_UNKNOWN}); "
+                                   f"still on {device.os_version}")
     if entry["valid"] == "valid" and entry["active"]:
-        return Evaluation(SCHEDULED, f"{target} by {plan.deadline_local} device time")
+        return Evaluation(SCHEDULED, f"{target} by {plan.deadline_local} device time"
+                                     + (f" ({ZONE_UNKNOWN})" if zone_unknown else ""))
     return Evaluation(PENDING, f"declaration reported {entry['valid']}, active={entry['active']}")
 
 
@@ -157,7 +171,8 @@ def record_device_results(device, plan=_UNSET, declaration_set: DeclarationSet |
     kept = []
     if plan is not None:
         declaration_set = declaration_set or db.session.get(DeclarationSet, device.id)
-        evaluation = evaluate(device, plan, declaration_set, db.session.get(DeviceStatus, device.id), now)
+        evaluation = evaluate(device, plan, declaration_set, db.session.get(DeviceStatus, device.id), now,
+                              delivery_notes([device.id]).get(device.id))
         detail = evaluation.detail
         if plan.conflicts:
             detail += f" (won over: {', '.join(plan.conflicts)})"
@@ -224,6 +239,7 @@ def record_results_bulk(inputs, now: datetime) -> None:
                        status_table.c.last_report_at).where(status_table.c.device_id.in_(part))):
             statuses[device_id] = SimpleNamespace(items=items, declarations=declarations, last_report_at=last_report_at)
 
+    deliveries = delivery_notes(with_plan)
     evaluations: dict[tuple, Evaluation] = {}
     inserts, updates, changes, deletes = [], [], [], []
     for device, plan, declarations, changed_at in inputs:
@@ -231,13 +247,14 @@ def record_results_bulk(inputs, now: datetime) -> None:
         if plan is not None:
             status = statuses.get(device.id)
             served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
-            if status is None:   # then the state depends only on facts, plan and set: shared between devices
-                key = (device.facts_key(), id(plan), id(declarations), changed_at)
+            delivery = deliveries.get(device.id)
+            if status is None:   # then the state depends only on facts, plan, set and delivery: shared
+                key = (device.facts_key(), id(plan), id(declarations), changed_at, delivery)
                 evaluation = evaluations.get(key)
                 if evaluation is None:
-                    evaluation = evaluations[key] = evaluate(device, plan, served, None, now)
+                    evaluation = evaluations[key] = evaluate(device, plan, served, None, now, delivery)
             else:
-                evaluation = evaluate(device, plan, served, status, now)
+                evaluation = evaluate(device, plan, served, status, now, delivery)
             state, detail = evaluation.state, evaluation.detail
             if plan.conflicts:
                 detail += f" (won over: {', '.join(plan.conflicts)})"
@@ -282,6 +299,11 @@ def record_results_bulk(inputs, now: datetime) -> None:
         db.session.execute(delete(result_table).where(result_table.c.id.in_(deletes[start:start + 500])))
 
 
+def _zone_name(device) -> str | None:
+    name = getattr(device, "time_zone", None)
+    return name if zone_named(name) else None
+
+
 def _as_result(row: PolicyResult, device, status: DeviceStatus | None, with_history: bool) -> DeviceResult:
     history = []
     if with_history:
@@ -297,7 +319,8 @@ def _as_result(row: PolicyResult, device, status: DeviceStatus | None, with_hist
         policy_id=row.policy_id, policy_name=row.policy_name, device_id=device.id, udid=device.udid,
         device_name=device.device_name, state=row.state, detail=row.detail or "",
         target_version=row.target_version, target_build=row.target_build, deadline_local=row.deadline_local,
-        deadline_utc=row.deadline_utc, os_version=device.os_version, build_version=device.build_version,
+        deadline_utc=row.deadline_utc, time_zone=_zone_name(device), os_version=device.os_version,
+        build_version=device.build_version,
         reported_at=status.last_report_at if status else None, state_since=row.state_since,
         updated_at=row.updated_at, reasons=codes, history=history)
 
@@ -360,3 +383,73 @@ def _not_applied(policy_id: int, device, plan) -> DeviceResult:
     return DeviceResult(policy_id=policy_id, policy_name=None, device_id=device.id, udid=device.udid,
                         device_name=device.device_name, state=NOT_APPLICABLE, detail=detail,
                         os_version=device.os_version, build_version=device.build_version)
+
+
+# ---- delivery: is the device's DeclarativeManagement command still queued, and why -----------------
+
+def delivery_notes(device_ids) -> dict[int, str]:
+    """For each device whose DeclarativeManagement command is still queued (not yet fetched by the
+    device): "queued — waiting for the device", plus why when pushes cannot wake it (the push
+    certificate, the device's push token, the last push for the device failed). Others are absent."""
+    ids = sorted({int(i) for i in device_ids if i is not None})
+    queued: set[int] = set()
+    for start in range(0, len(ids), _CHUNK):
+        queued |= set(db.session.scalars(db.select(Command.device_id).where(
+            Command.device_id.in_(ids[start:start + _CHUNK]), Command.status == "queued",
+            Command.request_type == "DeclarativeManagement").distinct()))
+    if not queued:
+        return {}
+    problem = _push_identity_problem()
+    latest = _latest_pushes(sorted(queued))
+    return {device_id: _queued_note(problem, latest.get(device_id)) for device_id in queued}
+
+
+def _push_identity_problem() -> str | None:
+    from .. import push
+    try:
+        return push._identity_problem(current_app)
+    except Exception as exc:      # an unreadable push identity is itself the reason
+        return f"push identity unusable: {exc}"
+
+
+def _latest_pushes(device_ids: list[int]) -> dict[int, PushRequest]:
+    latest: dict[int, PushRequest] = {}
+    for start in range(0, len(device_ids), _CHUNK):
+        newest = (db.select(db.func.max(PushRequest.id))
+                  .where(PushRequest.device_id.in_(device_ids[start:start + _CHUNK]))
+                  .group_by(PushRequest.device_id))
+        for row in db.session.scalars(db.select(PushRequest).where(PushRequest.id.in_(newest))):
+            latest[row.device_id] = row
+    return latest
+
+
+def _queued_note(problem: str | None, push: PushRequest | None) -> str:
+    if problem:
+        return f"{QUEUED}; pushes cannot work: {problem}"
+    if push is None:
+        return QUEUED
+    if push.status == "failed":
+        return f"{QUEUED}; the last push to it failed: {push.last_reason or 'no reason recorded'}"
+    if push.status == "skipped":
+        return f"{QUEUED}; not pushed: {push.last_reason or 'no reason recorded'}"
+    if push.status == "pending" and push.attempts and push.last_reason:
+        return f"{QUEUED}; pushes are failing and being retried: {push.last_reason}"
+    if push.status == "sent" and push.sent_at:
+        return f"{QUEUED}; last pushed at {push.sent_at:%Y-%m-%d %H:%M} UTC"
+    return QUEUED
+
+
+# ---- the deadline window, for "deadlines in the next N days" ----------------------------------------
+
+def deadline_within(now: datetime, days: int):
+    """SQL condition on PolicyResult: not compliant, and the deadline falls in [now, now + days]. With
+    the device's zone unknown (deadline_utc NULL) the wall time counts when it could fall in the window
+    in some zone (UTC+14 .. UTC-12), so such a device is listed rather than silently left out."""
+    end = now + timedelta(days=days)
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    earliest_local = (now - LATEST_ZONE_OFFSET).strftime(fmt)
+    latest_local = (end + timedelta(hours=14)).strftime(fmt)
+    known = db.and_(PolicyResult.deadline_utc >= now, PolicyResult.deadline_utc <= end)
+    unknown = db.and_(PolicyResult.deadline_utc.is_(None), PolicyResult.deadline_local.is_not(None),
+                      PolicyResult.deadline_local >= earliest_local, PolicyResult.deadline_local <= latest_local)
+    return db.and_(db.or_(known, unknown), PolicyResult.state.notin_((COMPLIANT, NOT_APPLICABLE)))

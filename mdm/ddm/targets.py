@@ -5,11 +5,19 @@ becomes visible once the deferral has elapsed since Apple first posted it. The t
 visible candidate (within the device's current major when the policy says so). The grace period
 counts from the later of the end of the deferral and the moment the policy was applied, and the
 deadline falls at the policy's device-local time.
+
+Time zones: ``TargetLocalDateTime`` is wall time in the device's own zone (Apple's
+declarative/declarations/configurations/softwareupdate.enforcement.specific.yaml), so the deadline
+string is the same whatever the zone. The instant it falls on (``deadline_instant_utc``) needs the
+IANA zone the device reported (DeviceInformation ``TimeZone``, iOS 14+); without a valid one there
+is no instant, only "passed in every time zone" (``deadline_passed_everywhere``).
 """
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+import zoneinfo
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -19,6 +27,11 @@ REASON_OS_UNKNOWN = "OS version unknown"
 REASON_NO_CANDIDATE = "no candidate release"
 REASON_CATALOG_EXPIRED = "no candidate release: every release for this model has expired (catalog stale)"
 REASON_ENFORCEMENT_OFF = "enforcement off"
+ZONE_UNKNOWN = "device time zone unknown"
+
+# The westernmost civil zone is UTC-12 (Etc/GMT+12): a wall time there is the latest instant it reaches.
+LATEST_ZONE_OFFSET = dt.timedelta(hours=12)
+LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def version_key(version: str | None) -> tuple[int, ...]:
@@ -150,7 +163,8 @@ def enforcement_deadline(release: ModelRelease, *, deferral_days: int, grace_day
     The grace period starts at the later of the end of the deferral and ``applied_at`` (a release
     already available when the policy is applied gets the full grace period). The deadline is the
     first ``local_time`` at or after start + grace, so the device always gets at least the grace period.
-    The device applies the string in its own time zone; the datetime equals it for a UTC device clock.
+    The device applies the string in its own time zone: the datetime is that naive wall time, not an
+    instant (``deadline_instant_utc`` turns it into one for a known zone).
     """
     start = max(release.visible_at(deferral_days), applied_at)
     earliest = start + dt.timedelta(days=grace_days)
@@ -158,4 +172,50 @@ def enforcement_deadline(release: ModelRelease, *, deferral_days: int, grace_day
     deadline = dt.datetime.combine(earliest.date(), dt.time(hours, minutes))
     if deadline < earliest:
         deadline += dt.timedelta(days=1)
-    return deadline.strftime("%Y-%m-%dT%H:%M:%S"), deadline
+    return deadline.strftime(LOCAL_FORMAT), deadline
+
+
+# Files in a tz database directory that are not zone names a device would report.
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@functools.lru_cache(maxsize=1)
+def _iana_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) - _NOT_ZONES
+
+
+@functools.lru_cache(maxsize=512)
+def zone_named(name) -> zoneinfo.ZoneInfo | None:
+    """The zone for an IANA name as a device reports it ("America/New_York"); None for anything else
+    (empty, "localtime", a path, a name this server's tz database does not know). Never raises."""
+    if not isinstance(name, str) or not name or len(name) > 64 or name not in _iana_names():
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def parse_local(deadline_local: str | None) -> dt.datetime | None:
+    """"yyyy-mm-ddThh:mm:ss" -> naive wall time; None when absent or malformed."""
+    try:
+        return dt.datetime.strptime(deadline_local, LOCAL_FORMAT) if deadline_local else None
+    except (TypeError, ValueError):
+        return None
+
+
+def deadline_instant_utc(deadline_local: str | None, time_zone: str | None) -> dt.datetime | None:
+    """The UTC instant (naive, meaning UTC) at which the device's clock shows ``deadline_local``, or None
+    when the zone is unknown or not an IANA name. A wall time that occurs twice (autumn fold) is the
+    first; one that does not exist (spring gap) counts with the offset before the change."""
+    zone, wall = zone_named(time_zone), parse_local(deadline_local)
+    if zone is None or wall is None:
+        return None
+    return wall.replace(tzinfo=zone).astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def deadline_passed_everywhere(deadline_local: str | None, now: dt.datetime) -> bool:
+    """True once ``deadline_local`` has passed in every time zone on Earth (``now`` is naive UTC): what
+    "overdue" can honestly mean for a device whose zone is unknown."""
+    wall = parse_local(deadline_local)
+    return wall is not None and now > wall + LATEST_ZONE_OFFSET

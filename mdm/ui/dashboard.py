@@ -1,5 +1,6 @@
 """Dashboard: fleet figures, patch compliance per policy with a chart, deadlines, push certificate (with a
-warning from ``pushcert.RENEW_WARNING_DAYS`` days before it expires)."""
+warning from ``pushcert.RENEW_WARNING_DAYS`` days before it expires), and the devices left without a patch
+target by a stale catalog or an unknown model."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -34,6 +35,13 @@ def fleet_counts() -> dict:
     }
 
 
+def untargeted_counts() -> dict[str, int]:
+    """{"catalog": n, "model_unknown": m}: devices a policy reaches that have no target because every
+    release for their model expired (stale catalog) or because the catalog does not know their model."""
+    from ..ddm.catalog import devices_without_target
+    return devices_without_target()
+
+
 def push_certificate_status() -> dict | None:
     status = service("mdm.pushcert", "status")
     if status is None:
@@ -64,4 +72,4 @@ def index():
     return render_template("ui/dashboard.html", fleet=fleet_counts(), policies=policies, compliance=compliance,
                            scope=scope_by_policy(), charts=charts, below=below, overdue=overdue,
                            upcoming=upcoming, names=names, upcoming_count=upcoming_deadline_count(),
-                           push=push_certificate_status())
+                           push=push_certificate_status(), untargeted=untargeted_counts())

@@ -1,10 +1,15 @@
 """What the DDM room stored about one device, shaped for display: declarations with the status the
-device reported, and per-policy results with their history. Read-only."""
+device reported, and per-policy results with their history. Read-only.
+
+Countdowns run to ``deadline_utc``, the instant the device-local deadline falls on in the device's own
+time zone; without a known zone there is no instant and the countdown says "device time zone unknown"
+(or, once the wall time has passed in every zone, "overdue in every time zone")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..ddm.targets import ZONE_UNKNOWN, deadline_passed_everywhere, zone_named
 from ..extensions import db
 from ..models import utcnow
 from .rooms import service
@@ -35,13 +40,27 @@ class ResultRow:
     updated_at: datetime | None
     reasons: list = field(default_factory=list)    # Apple's reason codes when Failed
     history: list = field(default_factory=list)    # newest first
+    time_zone: str | None = None                   # the device's IANA zone, None when unknown
+
+    @property
+    def zone_unknown(self) -> bool:
+        """A device-local deadline with no instant: the device has not told us a valid time zone."""
+        return bool(self.deadline_local and not self.deadline_utc)
 
     @property
     def countdown(self) -> str | None:
-        """"3d 4h" until the deadline, "overdue 2h" after it, None without a deadline."""
+        return self.countdown_at(utcnow())
+
+    def countdown_at(self, now: datetime) -> str | None:
+        """"3d 4h" until the deadline, "overdue 2h" after it, None without a deadline; with the zone
+        unknown, say so instead of counting down to a guess."""
+        if self.zone_unknown:
+            if deadline_passed_everywhere(self.deadline_local, now):
+                return f"overdue in every time zone ({ZONE_UNKNOWN})"
+            return ZONE_UNKNOWN
         if not self.deadline_utc:
             return None
-        seconds = int((self.deadline_utc - utcnow()).total_seconds())
+        seconds = int((self.deadline_utc - now).total_seconds())
         text = _span(abs(seconds))
         return text if seconds >= 0 else f"overdue {text}"
 
@@ -71,6 +90,11 @@ def _span(seconds: int) -> str:
     if hours:
         return f"{hours}h {minutes}m"
     return f"{minutes}m"
+
+
+def time_zone_of(device) -> str | None:
+    """The device's IANA zone when it reported a valid one, else None ("device time zone unknown")."""
+    return device.time_zone if zone_named(device.time_zone) else None
 
 
 def declarations_for(device) -> list[DeclarationRow]:
@@ -127,7 +151,7 @@ def _row_from(r) -> ResultRow:
     return ResultRow(policy_id=get("policy_id"), policy_name=get("policy_name") or "", state=get("state") or "Unknown",
                      detail=get("detail"), target_version=get("target_version"), target_build=get("target_build"),
                      deadline_local=get("deadline_local"), deadline_utc=get("deadline_utc"),
-                     state_since=get("state_since"), updated_at=get("updated_at"))
+                     state_since=get("state_since"), updated_at=get("updated_at"), time_zone=get("time_zone"))
 
 
 def _attach_history(device, rows: list[ResultRow]) -> None:

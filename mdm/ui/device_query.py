@@ -225,10 +225,8 @@ def _patch_filter(stmt, f: DeviceFilters):
     if f.patch:
         sub = sub.where(PolicyResult.state.in_(BELOW_TARGET_STATES if f.patch == "below" else (f.patch,)))
     if f.deadline:
-        now = utcnow()
-        sub = sub.where(PolicyResult.deadline_utc >= now,
-                        PolicyResult.deadline_utc <= now + timedelta(days=int(f.deadline)),
-                        PolicyResult.state.notin_(("Compliant", "Not applicable")))
+        from ..ddm.results import deadline_within     # the dashboard's window, device time zones included
+        sub = sub.where(deadline_within(utcnow(), int(f.deadline)))
     if f.policy is not None:
         sub = sub.where(PolicyResult.policy_id == f.policy)
     return stmt.where(Device.id.in_(sub))

@@ -11,7 +11,7 @@ from .access import is_htmx, requires
 from .device_query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
 from .group_ops import GroupError, add_members
 from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_bulk_command, queue_device_command
-from .device_facts import declarations_for, policy_results_for
+from .device_facts import declarations_for, policy_results_for, time_zone_of
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
 
@@ -96,7 +96,7 @@ def detail(device_id):
     return render_template("ui/devices/detail.html", device=device, certs=certs, commands=ADMIN_COMMANDS,
                            destructive=DESTRUCTIVE_COMMANDS, command_rows=_command_rows(device),
                            declarations=declarations_for(device), results=policy_results_for(device),
-                           groups=DeviceGroup.query.order_by(DeviceGroup.name).all())
+                           groups=DeviceGroup.query.order_by(DeviceGroup.name).all(), device_zone=time_zone_of(device))
 
 
 def _command_rows(device: Device):

@@ -66,11 +66,10 @@ def upcoming_deadlines(days: int = 7, limit: int = 10) -> list:
         from ..ddm.state_models import PolicyResult
     except ImportError:
         return []
-    now = utcnow()
-    return (PolicyResult.query.filter(PolicyResult.deadline_utc >= now,
-                                      PolicyResult.deadline_utc <= now + timedelta(days=days),
-                                      PolicyResult.state.notin_(("Compliant", "Not applicable")))
-            .order_by(PolicyResult.deadline_utc).limit(limit).all())
+    from ..ddm.results import deadline_within
+    return (PolicyResult.query.filter(deadline_within(utcnow(), days))
+            .order_by(PolicyResult.deadline_utc.is_(None), PolicyResult.deadline_utc, PolicyResult.deadline_local)
+            .limit(limit).all())
 
 
 def upcoming_deadline_count(days: int = 7) -> int:
@@ -78,10 +77,8 @@ def upcoming_deadline_count(days: int = 7) -> int:
         from ..ddm.state_models import PolicyResult
     except ImportError:
         return 0
-    now = utcnow()
-    return PolicyResult.query.filter(PolicyResult.deadline_utc >= now,
-                                     PolicyResult.deadline_utc <= now + timedelta(days=days),
-                                     PolicyResult.state.notin_(("Compliant", "Not applicable"))).count()
+    from ..ddm.results import deadline_within
+    return PolicyResult.query.filter(deadline_within(utcnow(), days)).count()
 
 
 def compliance_history(policy_id: int, days: int = 30) -> list[tuple[datetime, int | None]]:

@@ -51,3 +51,5 @@ def init_templating(app) -> None:
 
     from .push_banner import init_push_banner
     init_push_banner(app)
+    from .catalog_banner import init_catalog_banner
+    init_catalog_banner(app)

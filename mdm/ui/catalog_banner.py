@@ -1,0 +1,41 @@
+"""The stale-catalog banner every signed-in page shows: the release catalog is empty, every release in
+it expired, Apple's feed is unreachable while the packaged snapshot is in use, or no refresh succeeded
+for a week. Without a trustworthy catalog devices get no patch target; the banner says so and how many.
+
+The facts come from ``mdm.ddm.catalog.catalog_health`` and ``devices_without_target`` (read-only: a page
+view never loads or syncs the catalog)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from flask_login import current_user
+
+
+@dataclass
+class CatalogBanner:
+    problem: str                 # what is wrong, in one sentence an operator can act on
+    origin_text: str             # "packaged snapshot loaded at ..." / "synced from Apple at ..."
+    without_target: int          # devices left without a target because every release for them expired
+
+
+def catalog_banner() -> CatalogBanner | None:
+    from ..ddm.catalog import catalog_health, devices_without_target
+    health = catalog_health()
+    if health.problem is None:
+        return None
+    return CatalogBanner(health.problem, health.origin_text, devices_without_target()["catalog"])
+
+
+def init_catalog_banner(app) -> None:
+    @app.context_processor
+    def _catalog_banner():
+        def banner():
+            if not (current_user and current_user.is_authenticated):
+                return None
+            try:
+                return catalog_banner()
+            except Exception:  # the banner must never take a page down
+                current_app.logger.exception("catalog banner could not be computed")
+                return None
+        return {"catalog_banner": banner}
