@@ -128,11 +128,11 @@ def test_api_tokens_survive_logout_and_password_change_but_not_a_disabled_accoun
     ops.get("/api-tokens")
     page = ops.post("/api-tokens", {"name": "inventory sync", "role": "ReadOnly"})
     secret = page.text.split('id="new-token">')[1].split("<")[0]
-    cli_secret = None
+    ops_id = user_id(app, "ops")
     with app.app_context():
         from mdm.accounts import create_api_token
         token = ApiToken.query.filter_by(name="inventory sync").one()
-        assert token.owner_id == user_id(app, "ops")
+        assert token.owner_id == ops_id
         _cli_token, cli_secret = create_api_token("from the shell", Role.ReadOnly, created_by="cli")
         db.session.commit()
     assert api_get(app, secret).status_code == 200
@@ -141,11 +141,11 @@ def test_api_tokens_survive_logout_and_password_change_but_not_a_disabled_accoun
                           "confirm_password": NEW_PASSWORD})
     ops.post("/logout")
     assert api_get(app, secret).status_code == 200          # sessions ended, the token did not
-    boss.post(f"/admins/{user_id(app, 'ops')}", {"action": "disable"})
+    boss.post(f"/admins/{ops_id}", {"action": "disable"})
     refused = api_get(app, secret)
     assert refused.status_code == 401 and "disabled" in refused.json["error"]
     assert api_get(app, cli_secret).status_code == 200      # a token no account owns is not affected
-    boss.post(f"/admins/{user_id(app, 'ops')}", {"action": "enable"})
+    boss.post(f"/admins/{ops_id}", {"action": "enable"})
     assert api_get(app, secret).status_code == 200
     [event] = audit_actions(app, "admin.disable")
     assert "1 API token(s) stop working" in event.detail
