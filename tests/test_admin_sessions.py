@@ -145,6 +145,7 @@ def test_api_tokens_survive_logout_and_password_change_but_not_a_disabled_accoun
     refused = api_get(app, secret)
     assert refused.status_code == 401 and "disabled" in refused.json["error"]
     assert api_get(app, cli_secret).status_code == 200      # a token no account owns is not affected
+    assert "account disabled" in boss.get("/api-tokens").text
     boss.post(f"/admins/{ops_id}", {"action": "enable"})
     assert api_get(app, secret).status_code == 200
     [event] = audit_actions(app, "admin.disable")
