@@ -29,6 +29,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.exc import IntegrityError
+
 from .accounts import LoginThrottle
 from .extensions import db
 from .models import utcnow
@@ -160,10 +162,7 @@ def record_login_failure(username: str, address: str) -> list[LoginLock]:
     _forget_stale_login_counters(now)
     started = []
     for key, scope, limit in _login_keys(username, address):
-        row = db.session.get(LoginThrottle, key)
-        if row is None:
-            row = LoginThrottle(key=key, failures=0, window_started_at=now)
-            db.session.add(row)
+        row = _locked_counter(key, now)
         if now - row.window_started_at > LOGIN_WINDOW:
             row.failures, row.window_started_at, row.locked_until = 0, now, None
         row.failures = (row.failures or 0) + 1
@@ -171,6 +170,22 @@ def record_login_failure(username: str, address: str) -> list[LoginLock]:
             row.locked_until = now + LOGIN_LOCK
             started.append(LoginLock(scope, address, _seconds_left(row.locked_until, now)))
     return started
+
+
+def _locked_counter(key: str, now) -> LoginThrottle:
+    """The counter row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite writers queue anyway),
+    so parallel guesses cannot overwrite each other's counts; made if missing, even when a parallel
+    request makes it at the same moment."""
+    row = db.session.get(LoginThrottle, key, with_for_update=True)
+    if row is not None:
+        return row
+    try:
+        with db.session.begin_nested():
+            row = LoginThrottle(key=key, failures=0, window_started_at=now)
+            db.session.add(row)
+        return row
+    except IntegrityError:
+        return db.session.get(LoginThrottle, key, with_for_update=True, populate_existing=True)
 
 
 def clear_login_failures(username: str, address: str) -> None:
