@@ -1,4 +1,4 @@
-"""Administrator accounts, their roles, API tokens and login throttling.
+"""Administrator accounts, their roles, their sessions, and API tokens.
 
 Roles are ordered: each one may do everything the roles below it may do.
   ReadOnly       look at everything except administrator accounts and API tokens
@@ -6,6 +6,21 @@ Roles are ordered: each one may do everything the roles below it may do.
   Manager        + patch policies, policy groups, device groups, bindings, enrollment links
   Administrator  + settings, push certificate, administrators, API tokens
 Passwords are argon2id hashes; API tokens are random and stored as SHA-256 digests only.
+
+Sessions live on the server. Each sign-in makes an ``AdminSession`` row keyed by the SHA-256 of a
+random secret; the signed session cookie carries ``"<account id>:<secret>"`` (Flask-Login's user id)
+and ``user_for_session`` accepts it only while that row exists, is younger than the session lifetime
+and the account is enabled. So a session ends on the server when its row goes, and a copy of the
+cookie stops working with it:
+  logout            ends that one session (the account's other sessions go on);
+  password change   ends every session of the account (``set_password``); the UI then starts a
+                    fresh one for the admin who changed their own password, so they stay signed in;
+  role change       ends every session of the account (the new role applies at the next sign-in);
+  disable           ends every session of the account, and the API tokens it owns are refused
+                    until it is enabled again (old sessions never come back).
+API tokens are independent of sessions otherwise. A token made in the UI is owned by the
+Administrator who made it (``owner_id``); a token made with the CLI belongs to no account.
+Sign-in throttling is in ``mdm/throttle.py`` (it keeps its counters in ``LoginThrottle`` here).
 """
 from __future__ import annotations
 
@@ -66,8 +81,6 @@ class AdminUser(UserMixin, db.Model):
     password_hash = db.Column(db.String(255), nullable=False)
     role = db.Column(db.String(32), nullable=False, default=Role.ReadOnly.name)
     disabled = db.Column(db.Boolean, nullable=False, default=False)
-    # Bumped on password change / disable so existing sessions stop working.
-    session_generation = db.Column(db.Integer, nullable=False, default=0)
     created_by = db.Column(db.String(255))
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     last_login_at = db.Column(db.DateTime)
@@ -83,13 +96,20 @@ class AdminUser(UserMixin, db.Model):
     def is_active(self) -> bool:  # Flask-Login refuses inactive users
         return not self.disabled
 
-    def get_id(self) -> str:
-        return f"{self.id}:{self.session_generation}"
+    # The secret of the session this object was loaded for (or just started); not a column.
+    session_secret = None  # type: str | None
 
-    def set_password(self, password: str) -> None:
+    def get_id(self) -> str:
+        """Flask-Login's user id, kept in the signed cookie: names the server-side session."""
+        if not self.session_secret:
+            raise RuntimeError("start_session() before login_user(): sessions live on the server")
+        return f"{self.id}:{self.session_secret}"
+
+    def set_password(self, password: str) -> int:
+        """Set a new password and end every session of the account; returns how many ended."""
         check_password_strength(password)
         self.password_hash = _hasher.hash(password)
-        self.session_generation = (self.session_generation or 0) + 1
+        return end_sessions(self)
 
     def check_password(self, password: str) -> bool:
         try:
@@ -113,10 +133,17 @@ class ApiToken(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     last_used_at = db.Column(db.DateTime)
     revoked_at = db.Column(db.DateTime)
+    # The Administrator who made it in the UI; while that account is disabled the token is refused.
+    owner_id = db.Column(db.Integer, db.ForeignKey("admin_users.id", ondelete="SET NULL"))
+    owner = db.relationship(AdminUser)
 
     @property
     def role_enum(self) -> Role:
         return Role.parse(self.role)
+
+    @property
+    def owner_disabled(self) -> bool:
+        return self.owner is not None and bool(self.owner.disabled)
 
     @property
     def actor(self) -> str:
@@ -127,20 +154,64 @@ class ApiToken(db.Model):
                 "revoked": self.revoked_at is not None}
 
 
+class AdminSession(db.Model):
+    """One signed-in browser. The cookie holds the secret; only its SHA-256 is stored."""
+    __tablename__ = "admin_sessions"
+    id = db.Column(db.Integer, primary_key=True)
+    admin_user_id = db.Column(db.Integer, db.ForeignKey("admin_users.id", ondelete="CASCADE"), nullable=False,
+                              index=True)
+    secret_sha256 = db.Column(db.String(64), unique=True, nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    source = db.Column(db.String(64))  # the address it signed in from
+
+
+def start_session(user: AdminUser, source: str | None, lifetime: timedelta) -> str:
+    """A new server-side session for ``user`` (sets ``user.session_secret`` for login_user); also
+    forgets sessions older than ``lifetime``. Returns the secret. The caller commits."""
+    AdminSession.query.filter(AdminSession.created_at < utcnow() - lifetime).delete(synchronize_session=False)
+    secret = secrets.token_urlsafe(32)
+    db.session.add(AdminSession(admin_user_id=user.id, secret_sha256=_digest(secret),
+                                source=(source or "")[:64] or None))
+    user.session_secret = secret
+    return secret
+
+
+def user_for_session(session_id: str, lifetime: timedelta) -> AdminUser | None:
+    """The account for Flask-Login's stored user id, while its session lives on the server."""
+    user_id, _, secret = (session_id or "").partition(":")
+    if not user_id.isdigit() or not secret:
+        return None
+    row = AdminSession.query.filter_by(secret_sha256=_digest(secret)).first()
+    if row is None or row.admin_user_id != int(user_id) or row.created_at < utcnow() - lifetime:
+        return None
+    user = db.session.get(AdminUser, row.admin_user_id)
+    if user is None or user.disabled:
+        return None
+    user.session_secret = secret
+    return user
+
+
+def end_session(user: AdminUser) -> None:
+    """End the session ``user`` was loaded for (logout). The caller commits."""
+    if user.session_secret:
+        AdminSession.query.filter_by(secret_sha256=_digest(user.session_secret)).delete(synchronize_session=False)
+        user.session_secret = None
+
+
+def end_sessions(user: AdminUser) -> int:
+    """End every session of the account; returns how many there were. The caller commits."""
+    if user.id is None:
+        return 0
+    return AdminSession.query.filter_by(admin_user_id=user.id).delete(synchronize_session=False)
+
+
 class LoginThrottle(db.Model):
-    """Failed sign-ins per key ("user:<name>" or "ip:<address>") in the current window."""
+    """Failed sign-ins per key in the current window (keys and limits: mdm/throttle.py)."""
     __tablename__ = "login_throttle"
     key = db.Column(db.String(300), primary_key=True)
     failures = db.Column(db.Integer, nullable=False, default=0)
     window_started_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     locked_until = db.Column(db.DateTime)
-
-
-# Five wrong passwords for one account, or twenty from one address, lock that key for 15 minutes.
-THROTTLE_WINDOW = timedelta(minutes=15)
-THROTTLE_LOCK = timedelta(minutes=15)
-MAX_FAILURES_PER_USER = 5
-MAX_FAILURES_PER_ADDRESS = 20
 
 
 def check_password_strength(password: str) -> None:
@@ -163,7 +234,7 @@ def create_admin(username: str, password: str, role=Role.Administrator, *, creat
         raise AccountError("username: required, no spaces")
     if find_admin(username):
         raise AccountError(f"username: {username!r} already exists")
-    user = AdminUser(username=username, role=Role.parse(role).name, created_by=created_by, session_generation=0)
+    user = AdminUser(username=username, role=Role.parse(role).name, created_by=created_by)
     user.set_password(password)
     db.session.add(user)
     db.session.flush()
@@ -174,63 +245,15 @@ def active_administrators() -> int:
     return AdminUser.query.filter_by(role=Role.Administrator.name, disabled=False).count()
 
 
-def _throttle_row(key: str) -> LoginThrottle:
-    row = db.session.get(LoginThrottle, key)
-    if row is None:
-        row = LoginThrottle(key=key, failures=0, window_started_at=utcnow())
-        db.session.add(row)
-    return row
-
-
-def _throttle_keys(username: str, address: str | None) -> list[tuple[str, int]]:
-    keys = [(f"user:{(username or '').strip().lower()}", MAX_FAILURES_PER_USER)]
-    if address:
-        keys.append((f"ip:{address}", MAX_FAILURES_PER_ADDRESS))
-    return keys
-
-
-def is_throttled(username: str, address: str | None) -> bool:
-    now = utcnow()
-    for key, _limit in _throttle_keys(username, address):
-        row = db.session.get(LoginThrottle, key)
-        if row and row.locked_until and row.locked_until > now:
-            return True
-    return False
-
-
-def record_login_failure(username: str, address: str | None) -> None:
-    now = utcnow()
-    for key, limit in _throttle_keys(username, address):
-        row = _throttle_row(key)
-        if row.window_started_at is None or now - row.window_started_at > THROTTLE_WINDOW:
-            row.failures, row.window_started_at = 0, now
-        row.failures = (row.failures or 0) + 1
-        if row.failures >= limit:
-            row.locked_until = now + THROTTLE_LOCK
-
-
-def clear_login_failures(username: str) -> None:
-    row = db.session.get(LoginThrottle, f"user:{(username or '').strip().lower()}")
-    if row:
-        db.session.delete(row)
-
-
-def authenticate(username: str, password: str, address: str | None) -> AdminUser | None:
-    """The account when the credentials are right and nothing is throttled, else None (the caller shows
-    one generic message whatever the reason). Records the failure; the caller commits."""
-    if is_throttled(username, address):
-        _hasher_verify_dummy(password)
-        return None
+def authenticate(username: str, password: str) -> AdminUser | None:
+    """The account when the credentials are right and it is enabled, else None (the caller shows one
+    generic message whatever the reason; throttling is the caller's, mdm/throttle.py). The caller commits."""
     user = find_admin(username)
     if user is None:
-        _hasher_verify_dummy(password)
-        ok = False
-    else:
-        ok = user.check_password(password) and not user.disabled
-    if not ok:
-        record_login_failure(username, address)
+        _hasher_verify_dummy(password)  # "no such user" takes as long as "wrong password"
         return None
-    clear_login_failures(username)
+    if not user.check_password(password) or user.disabled:
+        return None
     user.last_login_at = utcnow()
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
@@ -251,8 +274,10 @@ def _digest(token: str) -> str:
 TOKEN_PREFIX = "mdm_"
 
 
-def create_api_token(name: str, role, *, created_by: str = "system") -> tuple[ApiToken, str]:
-    """A new token; the secret is returned once and never stored (the caller commits and audits)."""
+def create_api_token(name: str, role, *, created_by: str = "system",
+                     owner: AdminUser | None = None) -> tuple[ApiToken, str]:
+    """A new token; the secret is returned once and never stored (the caller commits and audits).
+    ``owner``: the account it belongs to (refused while that account is disabled)."""
     name = (name or "").strip()
     if not name or len(name) > 255:
         raise AccountError("name: required")
@@ -260,17 +285,24 @@ def create_api_token(name: str, role, *, created_by: str = "system") -> tuple[Ap
         raise AccountError(f"name: a token named {name!r} already exists")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, role=Role.parse(role).name, token_sha256=_digest(secret),
-                     prefix=secret[:10], created_by=created_by)
+                     prefix=secret[:10], created_by=created_by, owner_id=owner.id if owner else None)
     db.session.add(token)
     db.session.flush()
     return token, secret
 
 
-def token_for_secret(secret: str) -> ApiToken | None:
-    """The active token with this secret, or None."""
+def token_for_secret(secret: str) -> tuple[ApiToken | None, str | None]:
+    """(the usable token with this secret, None) or (None, why it is refused)."""
     if not secret or not secret.startswith(TOKEN_PREFIX):
-        return None
+        return None, "unknown or revoked API token"
     token = ApiToken.query.filter_by(token_sha256=_digest(secret)).first()
     if token is None or token.revoked_at is not None:
-        return None
-    return token
+        return None, "unknown or revoked API token"
+    if token.owner_disabled:
+        return None, "this API token's account is disabled"
+    return token, None
+
+
+def tokens_owned_by(user: AdminUser) -> int:
+    """How many unrevoked API tokens the account owns (they stop working while it is disabled)."""
+    return ApiToken.query.filter_by(owner_id=user.id, revoked_at=None).count()

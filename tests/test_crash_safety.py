@@ -249,14 +249,14 @@ def test_ui_bulk_command_is_all_or_nothing(app):
     from mdm.accounts import Role
     ids = _devices(app, True, False, True)
     helper = signed_in(app, Role.HelpDesk, "helper")
-    refused = helper.post("/devices/bulk", {"action": "command:RestartDevice", "device_id": [str(i) for i in ids]},
-                          htmx=True)
+    refused = helper.post("/devices/bulk", {"action": "command:RestartDevice", "device_id": [str(i) for i in ids],
+                                            "confirm": "restart 3 devices"}, htmx=True)
     assert refused.status_code == 422 and "needs a supervised iOS device" in refused.text
     with app.app_context():
         assert Command.query.count() == 0
         assert AuditEvent.query.filter_by(action="command.bulk_queue").count() == 0
-    sent = helper.post("/devices/bulk", {"action": "command:RestartDevice", "device_id": [str(ids[0]), str(ids[2])]},
-                       htmx=True)
+    sent = helper.post("/devices/bulk", {"action": "command:RestartDevice", "device_id": [str(ids[0]), str(ids[2])],
+                                         "confirm": "restart 2 devices"}, htmx=True)
     assert sent.status_code == 200 and "Queued RestartDevice for 2 device(s)" in sent.text
     with app.app_context():
         assert Command.query.filter_by(request_type="RestartDevice", queued_by="helper").count() == 2

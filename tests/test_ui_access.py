@@ -255,11 +255,14 @@ def test_login_throttling_gives_one_generic_message(app):
     assert message in wrong.text and message in unknown.text
     for _ in range(4):
         browser.post("/login", {"username": "target", "password": "wrong password"})
-    # Locked now: even the right password is refused, with the same message.
+    # Locked now for this (account, address): even the right password is refused, with 429, a
+    # Retry-After and a message that names no account (tests/test_admin_sessions.py has the rest).
     locked = browser.post("/login", {"username": "target", "password": PASSWORD})
-    assert locked.status_code == 401 and message in locked.text
+    assert locked.status_code == 429 and "Too many failed sign-ins" in locked.text
+    assert int(locked.headers["Retry-After"]) > 0
     with app.app_context():
-        assert AuditEvent.query.filter_by(action="admin.login_failed", actor="target").count() == 6
+        assert AuditEvent.query.filter_by(action="admin.login_failed", actor="target").count() == 5
+        assert AuditEvent.query.filter_by(action="admin.login_throttled", actor="target").count() == 1
         assert AuditEvent.query.filter_by(action="admin.login", actor="target").count() == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from datetime import timedelta
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,66 @@ def test_bulk_add_to_group_needs_manager_and_bulk_commands_need_help_desk(app):
     with app.app_context():
         assert Command.query.filter_by(request_type="DeviceInformation", queued_by="helper").count() == 3
         assert db.session.get(DeviceGroup, group_id).devices.count() == 2
+
+
+def bulk_post(browser, action: str, ids, confirm: str | None = None, htmx: bool = True):
+    data = {"action": action, "device_id": [str(i) for i in ids]}
+    if confirm is not None:
+        data["confirm"] = confirm
+    return browser.post("/devices/bulk", data, htmx=htmx)
+
+
+def queued(app, request_type: str) -> int:
+    with app.app_context():
+        return Command.query.filter_by(request_type=request_type).count()
+
+
+def test_bulk_erase_needs_an_administrator_and_the_typed_action_and_count(app):
+    ids = add_devices(app, [iphone(f"E{i}", f"ER{i}") for i in range(12)])
+    helper = signed_in(app, Role.HelpDesk, "helper")
+    refused = bulk_post(helper, "command:EraseDevice", ids, confirm="erase 12 devices")
+    assert refused.status_code == 403 and "Erasing more than one device needs the Administrator role" in refused.text
+    boss = signed_in(app, Role.Administrator, "boss")
+    asked = bulk_post(boss, "command:EraseDevice", ids)             # one click is not enough any more
+    assert asked.status_code == 422
+    assert "erase 12 devices" in asked.text and 'name="confirm"' in asked.text and "EraseDevice" in asked.text
+    wrong = bulk_post(boss, "command:EraseDevice", ids, confirm="erase 11 devices")
+    assert wrong.status_code == 422 and 'does not match: type "erase 12 devices"' in unescape(wrong.text)
+    assert bulk_post(boss, "command:EraseDevice", ids, confirm="yes").status_code == 422
+    assert queued(app, "EraseDevice") == 0
+    # Without HTMX (no script): refused the same way, with the message flashed on the device list.
+    plain = bulk_post(boss, "command:EraseDevice", ids, htmx=False)
+    assert plain.status_code == 302 and queued(app, "EraseDevice") == 0
+    assert 'type "erase 12 devices" to confirm' in unescape(boss.get("/devices").text)
+    done = bulk_post(boss, "command:EraseDevice", ids, confirm="  Erase 12  devices ")
+    assert done.status_code == 200 and "Queued EraseDevice for 12 device(s)" in done.text
+    assert queued(app, "EraseDevice") == 12
+    with app.app_context():
+        event_ = AuditEvent.query.filter_by(action="command.bulk_queue").one()
+        assert event_.actor == "boss"
+        assert event_.after == {"request_type": "EraseDevice", "devices": 12, "confirmed": "erase 12 devices"}
+
+
+@pytest.mark.parametrize("request_type, phrase", [("DeviceLock", "lock 3 devices"),
+                                                  ("RestartDevice", "restart 3 devices")])
+def test_bulk_lock_and_restart_need_the_typed_confirmation_help_desk_may_send_them(app, request_type, phrase):
+    ids = add_devices(app, [iphone(f"L{i}", f"LK{i}") for i in range(3)])
+    helper = signed_in(app, Role.HelpDesk, "helper")
+    asked = bulk_post(helper, f"command:{request_type}", ids)
+    assert asked.status_code == 422 and phrase in asked.text and queued(app, request_type) == 0
+    done = bulk_post(helper, f"command:{request_type}", ids, confirm=phrase)
+    assert done.status_code == 200 and queued(app, request_type) == 3
+
+
+def test_one_device_or_a_harmless_command_needs_no_typed_confirmation(app):
+    ids = add_devices(app, [iphone(f"O{i}", f"ON{i}") for i in range(2)])
+    helper = signed_in(app, Role.HelpDesk, "helper")
+    assert bulk_post(helper, "command:EraseDevice", ids[:1]).status_code == 200    # as from the device page
+    assert bulk_post(helper, "command:SecurityInfo", ids).status_code == 200
+    assert queued(app, "EraseDevice") == 1 and queued(app, "SecurityInfo") == 2
+    # Duplicated ids count once: the phrase names the devices that will really receive it.
+    asked = bulk_post(helper, "command:RestartDevice", ids + ids)
+    assert "restart 2 devices" in asked.text
 
 
 def test_queue_a_command_from_the_device_page(app):

@@ -1,6 +1,8 @@
 """Bearer-token authentication for /api/v1 (called by the one access guard in mdm/ui/access.py).
 
-Tokens carry a role like administrators do. No cookies are read here, so the API needs no CSRF token."""
+Tokens carry a role like administrators do. No cookies are read here, so the API needs no CSRF token.
+A token is refused (401) when unknown, revoked, or owned by an account that is disabled
+(mdm/accounts.py); admin sessions ending (logout, password or role change) does not affect tokens."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -27,10 +29,10 @@ def authenticate_api_request():
         response, status = api_error(401, "send an API token: Authorization: Bearer <token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="mdm"'
         return response, status
-    token = token_for_secret(header[len("Bearer "):].strip())
+    token, refused = token_for_secret(header[len("Bearer "):].strip())
     if token is None:
-        current_app.logger.info("API request with an unknown or revoked token from %s", request.remote_addr)
-        response, status = api_error(401, "unknown or revoked API token")
+        current_app.logger.info("API request refused from %s: %s", request.remote_addr, refused)
+        response, status = api_error(401, refused)
         response.headers["WWW-Authenticate"] = 'Bearer realm="mdm", error="invalid_token"'
         return response, status
     g.api_token = token

@@ -46,16 +46,11 @@ def init_ui(app) -> None:
 
 @login_manager.user_loader
 def _load_user(session_id: str):
-    from ..accounts import AdminUser
-    from ..extensions import db
-    try:
-        user_id, generation = (int(p) for p in session_id.split(":", 1))
-    except ValueError:
-        return None
-    user = db.session.get(AdminUser, user_id)
-    if user is None or user.disabled or user.session_generation != generation:
-        return None
-    return user
+    """Sessions live on the server: mdm/accounts.py (``user_for_session``) says which are alive."""
+    from flask import current_app
+
+    from ..accounts import user_for_session
+    return user_for_session(session_id, current_app.permanent_session_lifetime)
 
 
 def ensure_first_admin() -> list[str]:

@@ -1,13 +1,17 @@
 """Administrators and API tokens (Administrator only): invite, change role, disable; create and revoke
 tokens. The last active Administrator can be neither demoted nor disabled, and nobody disables
-themselves."""
+themselves.
+
+A role change, a disable and a password reset end every session of that account on the server
+(mdm/accounts.py); the audit event says how many. A disabled account's API tokens are refused until
+it is enabled again; its sessions never come back. Tokens made here are owned by their maker."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
 from ..accounts import (AccountError, AdminUser, ApiToken, Role, active_administrators, create_admin,
-                        create_api_token, generate_password)
+                        create_api_token, end_sessions, generate_password, tokens_owned_by)
 from ..extensions import db
 from ..models import audit, utcnow
 from . import current_actor, current_source
@@ -64,25 +68,28 @@ def change(user_id):
     user = _admin_or_404(user_id)
     before = user.summary()
     action = request.form.get("action", "")
+    detail = None
     try:
         if action == "role":
             role = Role.parse(request.form.get("role"))
             if _would_lose_last_admin(user, new_role=role):
                 raise AccountError("role: the last active Administrator keeps that role")
             user.role = role.name
-            user.session_generation += 1  # the new role applies to a fresh sign-in
+            detail = f"ended {end_sessions(user)} session(s); the new role applies at the next sign-in"
         elif action in ("disable", "enable"):
             if user.id == current_user.id:
                 raise AccountError("you cannot disable or enable your own account")
             if action == "disable" and _would_lose_last_admin(user, disable=True):
                 raise AccountError("the last active Administrator cannot be disabled")
             user.disabled = action == "disable"
-            user.session_generation += 1  # ends the account's sessions
+            tokens = tokens_owned_by(user)
+            detail = (f"ended {end_sessions(user)} session(s); {tokens} API token(s) stop working while disabled"
+                      if user.disabled else f"{tokens} API token(s) work again")
         elif action == "reset_password":
             password = generate_password()
-            user.set_password(password)
+            ended = user.set_password(password)
             audit("admin.password_reset", actor=current_actor(), source=current_source(), object_type="admin",
-                  object_id=user.id)
+                  object_id=user.id, detail=f"ended {ended} session(s)")
             db.session.commit()
             return _page(invited=(user.username, password))
         else:
@@ -91,7 +98,7 @@ def change(user_id):
         db.session.rollback()
         return _page(422, error=str(exc))
     audit(f"admin.{action}", actor=current_actor(), source=current_source(), object_type="admin", object_id=user.id,
-          before=before, after=user.summary())
+          before=before, after=user.summary(), detail=detail)
     db.session.commit()
     flash(f"{user.username}: saved.")
     return redirect_after_change(url_for("admins.index"))
@@ -113,7 +120,7 @@ def tokens():
 def create_token():
     try:
         token, secret = create_api_token(request.form.get("name", ""), request.form.get("role", "ReadOnly"),
-                                         created_by=current_actor())
+                                         created_by=current_actor(), owner=current_user._get_current_object())
     except (AccountError, ValueError) as exc:
         db.session.rollback()
         return _tokens_page(422, error=str(exc), form=request.form)

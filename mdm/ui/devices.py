@@ -1,13 +1,15 @@
 """Devices: the searchable list with bulk actions, and one device's detail page with live fragments."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 
 from ..accounts import Role
 from ..extensions import db
 from ..models import Command, Device, DeviceCertificate, DeviceGroup, audit
 from . import current_actor, current_source
 from .access import is_htmx, requires
+from .bulk_commands import BulkRefusal, check_bulk_command, confirmation_phrase
 from .device_query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
 from .group_ops import GroupError, add_members
 from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_bulk_command, queue_device_command
@@ -39,13 +41,13 @@ def _policy_names(policy_id: int | None) -> dict:
 @bp.route("/bulk", methods=["POST"])
 @requires(Role.HelpDesk)
 def bulk():
-    """Add the selected devices to a group (Manager) or queue one command on each (Help Desk)."""
-    ids = [int(i) for i in request.form.getlist("device_id") if i.isdigit()]
+    """Add the selected devices to a group (Manager) or queue one command on each (Help Desk; a
+    destructive command to several devices needs the typed confirmation: mdm/ui/bulk_commands.py)."""
+    ids = list(dict.fromkeys(int(i) for i in request.form.getlist("device_id") if i.isdigit()))
     action = request.form.get("action", "")
     if not ids:
         return _bulk_answer("Select at least one device.", error=True)
     if action == "add_to_group":
-        from flask_login import current_user
         if not current_user.has_role(Role.Manager):
             return _bulk_answer("Adding devices to groups needs the Manager role or higher.", error=True, status=403)
         group = db.session.get(DeviceGroup, request.form.get("group_id", type=int) or 0)
@@ -61,17 +63,34 @@ def bulk():
     if action.startswith("command:"):
         request_type = action.split(":", 1)[1]
         devices = Device.query.filter(Device.id.in_(ids)).all()
+        refusal = check_bulk_command(request_type, len(devices), current_user.role_enum, request.form.get("confirm"))
+        if refusal is not None:
+            return _bulk_refused(refusal, request_type, len(devices))
         try:
             queue_bulk_command(devices, request_type, actor=current_actor())
         except (ValueError, NotAvailable) as exc:
             db.session.rollback()
             return _bulk_answer(str(exc), error=True)
         audit("command.bulk_queue", actor=current_actor(), source=current_source(), object_type="device",
-              object_id=",".join(str(d.id) for d in devices)[:255], after={"request_type": request_type,
-                                                                            "devices": len(devices)})
+              object_id=",".join(str(d.id) for d in devices)[:255], after=_bulk_facts(request_type, devices))
         db.session.commit()
         return _bulk_answer(f"Queued {request_type} for {len(devices)} device(s).")
     return _bulk_answer("Choose an action.", error=True)
+
+
+def _bulk_facts(request_type: str, devices) -> dict:
+    facts = {"request_type": request_type, "devices": len(devices)}
+    phrase = confirmation_phrase(request_type, len(devices))
+    return {**facts, "confirmed": phrase} if phrase else facts
+
+
+def _bulk_refused(refusal: BulkRefusal, request_type: str, device_count: int):
+    current_app.logger.info("bulk %s to %d devices refused for %s: %s", request_type, device_count,
+                            current_user.username, refusal.message)
+    if refusal.phrase is None or not is_htmx():
+        return _bulk_answer(refusal.message, error=True, status=refusal.status)
+    return render_template("ui/devices/_bulk_confirm.html", refusal=refusal, request_type=request_type,
+                           device_count=device_count, typed=request.form.get("confirm")), refusal.status
 
 
 def _bulk_answer(message: str, error: bool = False, status: int | None = None):
