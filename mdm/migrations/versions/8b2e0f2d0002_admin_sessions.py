@@ -5,7 +5,7 @@ browser replaces the per-account session generation. A token made in the UI belo
 (refused while that account is disabled); existing tokens are matched to their maker by name.
 
 Revision ID: 8b2e0f2d0002
-Revises: 5c1d2e3f4a5b
+Revises: 8e5a2b4f0004
 Create Date: 2026-12-06 16:30:00
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '8b2e0f2d0002'
-down_revision = '5c1d2e3f4a5b'
+down_revision = '8e5a2b4f0004'
 branch_labels = None
 depends_on = None
 
