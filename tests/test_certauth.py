@@ -276,6 +276,8 @@ def test_missing_header_is_400_audited_and_stores_nothing(app, client):
     body = plistlib.dumps(checkin_message(ident.udid, "Authenticate"))
     response = client.put("/mdm/checkin", data=body)
     _assert_refused(app, response, "missing Mdm-Signature", before)
+    # The UDID the unauthenticated message claimed is on the audit record (read, never trusted).
+    assert auth_failures(app)[-1].object_id == ident.udid
 
 
 @pytest.mark.parametrize("signature, reason", [

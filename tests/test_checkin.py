@@ -91,6 +91,38 @@ def test_wrong_topic_is_refused_and_stores_nothing(app, client, ident):
     assert stored_counts(app) == {"devices": 0, "bindings": 0, "commands": 0}
 
 
+# Every message type we handle: Authenticate, TokenUpdate and CheckOut carry a Topic by schema; the
+# others are checked when a Topic is added (issue 8: DeclarativeManagement and GetBootstrapToken took any).
+@pytest.mark.parametrize("message_type, fields", [
+    ("Authenticate", {}), ("TokenUpdate", {}), ("CheckOut", {}),
+    ("DeclarativeManagement", {"Endpoint": "tokens"}), ("GetBootstrapToken", {}),
+    ("SetBootstrapToken", {"BootstrapToken": b"token"}),
+    ("UserAuthenticate", {"UserID": "A1B2C3D4-0000-0000-0000-000000000001"}),
+    ("GetToken", {"TokenServiceType": "com.apple.maid"}),
+])
+def test_wrong_topic_is_400_and_audited_on_every_message_type(app, client, ident, message_type, fields):
+    from mdm.models import AuditEvent
+    ident.enroll(client)
+    before = stored_counts(app), device(app, ident.udid).push_magic
+    response = ident.checkin(client, message_type, Topic="com.apple.mgmt.External.wrong", **fields)
+    assert response.status_code == 400, response.data
+    assert b"not this server's push topic" in response.data
+    assert (stored_counts(app), device(app, ident.udid).push_magic) == before
+    assert device(app, ident.udid).enrollment_status == "enrolled"
+    with app.app_context():
+        event = AuditEvent.query.filter_by(action="device.topic_refused").one()
+        assert event.object_id == ident.udid and "com.apple.mgmt.External.wrong" in event.detail
+
+
+@pytest.mark.parametrize("message_type", ["Authenticate", "TokenUpdate", "CheckOut"])
+def test_topic_is_required_where_the_schema_requires_it(app, client, ident, message_type):
+    ident.enroll(client)
+    before = stored_counts(app)
+    response = ident.checkin(client, message_type, Topic=None)
+    assert response.status_code == 400 and b"Topic" in response.data
+    assert stored_counts(app) == before and device(app, ident.udid).enrollment_status == "enrolled"
+
+
 def test_token_update_with_wrong_topic_changes_nothing(app, client, ident):
     ident.checkin(client, "Authenticate")
     response = ident.checkin(client, "TokenUpdate", Topic="com.apple.mgmt.External.someone-else")

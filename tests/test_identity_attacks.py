@@ -218,6 +218,10 @@ def test_renewal_signed_by_the_bound_certificate_is_bound_and_replaces_it(live_s
     _, new_cert = load_identity(tmp_path / "device")
     assert new_cert.serial_number != old_cert.serial_number and new_cert.subject == old_cert.subject
 
+    with live_server.app.app_context():
+        from mdm.models import IssuedCertificate
+        record = IssuedCertificate.query.filter_by(sha256=certauth.fingerprint(new_cert)).one()
+        assert record.renewed_from_sha256 == certauth.fingerprint(old_cert)     # it was a RenewalReq
     renewed = LiveDevice(live_server, device.udid, device.key, new_cert)
     assert renewed.connect().status_code == 200
     with live_server.app.app_context():
