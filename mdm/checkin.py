@@ -9,7 +9,8 @@ message that carries one is checked too. A Topic that is not our push topic is r
 ``device.topic_refused`` with the claimed UDID) before the certificate is looked at or anything changes.
 
 Authenticate starts a new enrollment: the certificate is bound, the device's other certificates are
-retired (mdm/certauth.py), and its waiting commands are cancelled (mdm/queue.py), as NanoMDM does.
+retired (mdm/certauth.py), its waiting commands are cancelled (mdm/queue.py), as NanoMDM does, and the
+record of the declaration set served to the old enrollment is dropped (the DDM room serves a fresh one).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from . import certauth, queue
+from .ddm.state_models import DeclarationSet
 from .extensions import db
 from .models import Device, audit, utcnow
 from .plistio import PlistError, dumps, optional, require
@@ -145,6 +147,7 @@ def authenticate(identity, device: Device | None, udid: str, message: dict) -> R
     db.session.flush()
     retired = certauth.bind_new_enrollment(identity, device)
     cancelled = queue.cancel_pending(device)
+    _forget_served_declarations(device)
     if retired or cancelled:
         audit("device.reenrolled", actor="device", object_type="device", object_id=udid,
               detail=f"new certificate {identity.sha256[:16]}; retired {len(retired)} certificate(s) "
@@ -153,6 +156,13 @@ def authenticate(identity, device: Device | None, udid: str, message: dict) -> R
     if changed:
         device_facts_changed.send(device, changed=changed)
     return Reply()
+
+
+def _forget_served_declarations(device: Device) -> None:
+    """A new enrollment holds no declarations: drop the record of the set we served the old one, so the
+    enrollment's first TokenUpdate (device_enrolled -> mdm/ddm/jobs.py) serves a fresh set and queues the
+    DeclarativeManagement command that the cancelled queue may have held."""
+    DeclarationSet.query.filter_by(device_id=device.id).delete(synchronize_session="fetch")
 
 
 # --- TokenUpdate -----------------------------------------------------------------------------------------

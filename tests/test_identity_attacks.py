@@ -289,9 +289,14 @@ def test_after_reenrollment_the_old_certificate_gets_400_everywhere_and_the_old_
     assert snapshot(live_server, old.udid) == before
     assert len(audits(live_server, "device.auth_failed", old.udid)) == len(attempts)
 
-    # The new enrollment starts with an empty queue; its TokenUpdate queues the inventory commands afresh.
+    # The new enrollment starts with an empty queue; its TokenUpdate queues the inventory commands and a
+    # DDM sync afresh (the old enrollment's sync command was among those cancelled).
     assert new.connect().content == b""
     assert new.checkin("TokenUpdate").status_code == 200
+    with live_server.app.app_context():
+        fresh = [c.request_type for c in Command.query.filter_by(status="queued").order_by(Command.id)]
+    assert fresh[:3] == ["DeviceInformation", "SecurityInfo", "ProfileList"]
+    assert "DeclarativeManagement" in fresh
     assert plistlib.loads(new.connect().content)["Command"]["RequestType"] == "DeviceInformation"
     late = new.connect("Acknowledged", CommandUUID=admin_command)    # a late answer to a cancelled command
     assert late.status_code == 200
