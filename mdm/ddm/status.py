@@ -377,9 +377,10 @@ def ingest(device, data: bytes | None) -> DeviceStatus:
 
 def _check_declarations_are_its_own(device, items: dict, status: DeviceStatus | None) -> None:
     """Refuse a report naming one of our declarations that is neither in this device's set, nor in the
-    manifest it last fetched (the set it held before a change), nor already in its status: that is another device's declaration (identifiers are per policy, shared by the devices
-    the policy reaches), and storing it would describe declarations this device never had. Foreign
-    identifiers (not ours) and removals are harmless and pass."""
+    manifest it last fetched (the set it held before a change), nor already in its status: that is another
+    device's declaration (identifiers are per policy, shared by the devices the policy reaches), and
+    storing it would describe declarations this device never had. Foreign identifiers (not ours) and
+    removals are harmless and pass."""
     reported = item(items, "management.declarations")
     if not isinstance(reported, dict):
         return

@@ -251,7 +251,8 @@ def _note_replaced_subject(request: _Request, asked: x509.Name, issued: x509.Nam
     asked_text = asked.rfc4514_string()[:255]
     log.warning("SCEP transaction %s asked for subject %r; issuing the enrollment's own %r instead",
                 request.transaction_id, asked_text, issued.rfc4514_string())
-    audit("scep.subject_replaced", actor="device", source=request.source, object_type="scep_transaction", object_id=request.transaction_id,
+    audit("scep.subject_replaced", actor="device", source=request.source, object_type="scep_transaction",
+          object_id=request.transaction_id,
           detail=f"asked for {asked_text}, issued {issued.rfc4514_string()} (enrollment token {token_id})")
 
 
