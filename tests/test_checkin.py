@@ -170,7 +170,13 @@ def test_reenrollment_after_checkout_queues_inventory_again(app, client, ident):
     ident.checkin(client, "CheckOut")
     ident.enroll(client)
     assert device(app, ident.udid).enrollment_status == "enrolled"
-    assert stored_counts(app)["commands"] == 6
+    # Changed by issue 8: the new enrollment's Authenticate cancelled the old queue and reset the DDM
+    # room's record of what it served (and queued) for the old one, so the new enrollment gets a DDM sync.
+    with app.app_context():
+        commands = [(c.request_type, c.status) for c in Command.query.order_by(Command.id)]
+    inventory = ["DeviceInformation", "SecurityInfo", "ProfileList"]
+    assert commands == [(t, "cancelled") for t in inventory] + [(t, "queued") for t in inventory] + [
+        ("DeclarativeManagement", "queued")]
 
 
 # --- bootstrap token, DDM, unsupported messages --------------------------------------------------------------
