@@ -324,26 +324,29 @@ def test_empty_body_is_400(app, client, ident):
 
 # --- over the production server (cheroot, TLS with our CA) ----------------------------------------------------
 
-def test_checkin_over_real_https_including_a_chunked_body(app, ident):
+def test_checkin_over_real_https_including_a_chunked_body(live_server):
     import ssl
-    from pathlib import Path
 
     import httpx
 
-    from mdm.serve import BackgroundServer
-    tls = ssl.create_default_context(cafile=str(Path(app.config["CERTS_DIR"]) / "ca.pem"))
+    app = live_server.app
+    ident = DeviceIdentity(app, "00008110-000A1B2C3D4E801E")
+    with app.app_context():
+        from mdm.checkin import server_topic
+        topic = server_topic()
+    tls = ssl.create_default_context(cafile=live_server.ca_file)
 
     def put(client, path, body, chunked=False):
         content = iter([body[:100], body[100:]]) if chunked else body
         return client.put(path, content=content, headers={"Mdm-Signature": ident.sign(body)})
 
-    with BackgroundServer(app, port=0, threads=2) as server, \
-            httpx.Client(base_url=f"https://localhost:{server.port}", verify=tls) as client:
-        response = put(client, "/mdm/checkin", plistlib.dumps(checkin_message(ident.udid, "Authenticate")))
+    with httpx.Client(base_url=live_server.url, verify=tls, timeout=60) as client:
+        response = put(client, "/mdm/checkin",
+                       plistlib.dumps(checkin_message(ident.udid, "Authenticate", Topic=topic)))
         assert response.status_code == 200, response.text
         # No Content-Length (chunked): still read whole, verified and parsed.
-        response = put(client, "/mdm/checkin", plistlib.dumps(checkin_message(ident.udid, "TokenUpdate")),
-                       chunked=True)
+        response = put(client, "/mdm/checkin",
+                       plistlib.dumps(checkin_message(ident.udid, "TokenUpdate", Topic=topic)), chunked=True)
         assert response.status_code == 200, response.text
         response = put(client, "/mdm/connect", plistlib.dumps({"UDID": ident.udid, "Status": "Idle"}))
         assert plistlib.loads(response.content)["Command"]["RequestType"] == "DeviceInformation"
