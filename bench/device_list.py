@@ -28,6 +28,8 @@ PAGES = {
     "first page": ("/devices", {}),
     "page 150": ("/devices?page=150", {}),
     "search": ("/devices?q=Phone%2001", {}),
+    "search: middle of a serial": ("/devices?q=04567", {}),
+    "sort: deadline, descending": ("/devices?sort=-deadline", {}),
     "filter: supervised, iOS 17.5": ("/devices?supervised=yes&os=17.5", {}),
     "filter: patch state below target": ("/devices?patch=below", {}),
     "htmx partial, page 20": ("/devices?page=20", {"HX-Request": "true"}),

@@ -55,10 +55,12 @@ class Defaults:
     # the key itself, or a file holding it; default <instance>/secrets.key, generated on first run.
     SECRETS_KEY = None
     SECRETS_KEY_FILE = None
-    # Production server (python -m mdm.run): worker threads and timeouts, see mdm/serve.py.
+    # Production server (python -m mdm.run, granian): processes, threads and timeouts, see mdm/serve.py.
+    WORKERS = 1
     THREADS = 16
     REQUEST_TIMEOUT_SECONDS = 30
     REQUEST_BODY_DEADLINE_SECONDS = 60
+    SHUTDOWN_TIMEOUT_SECONDS = 5
     # Logs: "text" or "json" (one object per line); secrets are always redacted (mdm/logs.py).
     LOG_FORMAT = "text"
     LOG_LEVEL = "INFO"

@@ -31,8 +31,8 @@ class _SQLAlchemy(SQLAlchemy):
         url = normalise_database_url(options["url"])
         if url.get_backend_name() == "postgresql":
             options["url"] = url
-            # A pool as large as the server's threads plus the scheduler and the push sender (cheroot
-            # runs 16); connections checked before use survive a database restart or an idle timeout
+            # A pool as large as the server's threads plus the scheduler and the push sender (16 per
+            # worker by default); connections checked before use survive a database restart or an idle timeout
             # at a proxy. SQLALCHEMY_ENGINE_OPTIONS in instance/config.py overrides these.
             options.setdefault("pool_size", 20)
             options.setdefault("max_overflow", 10)

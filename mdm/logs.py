@@ -22,7 +22,7 @@ import sys
 
 REDACTED = "[REDACTED]"
 
-# Request context set by the WSGI middleware in ``mdm.serve`` (one per request, per thread).
+# Request context set by the server bridge in ``mdm.serve`` (one per request, in its app thread).
 request_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mdm_request", default=None)
 
 _SECRET_NAMES = (r"push[_ ]?magic|(?:unlock|bootstrap|push|enrollment|api|access|auth|bearer)?[_ -]?token|"
@@ -164,8 +164,9 @@ def configure(config=None, *, stream=None) -> None:
     for h in root.handlers:
         _add_filters(h)
     _install_record_factory()
-    # cheroot logs through its own logger objects; route them to ours.
-    logging.getLogger("cheroot").propagate = True
+    # granian's own loggers (configured in mdm.serve) propagate to ours.
+    for name in ("_granian", "granian.access"):
+        logging.getLogger(name).propagate = True
 
 
 def _install_record_factory() -> None:

@@ -204,6 +204,17 @@ def audit(action: str, *, actor: str = "system", source: str | None = None, obje
     return event
 
 
+def audit_update(action: str, *, name: str | None, before: dict, after: dict, **where) -> AuditEvent | None:
+    """The one format of an update's audit entry: only the fields that changed (``before`` and ``after``
+    hold those fields alone) and the object's name in ``detail``. Nothing is recorded when nothing changed.
+    ``where`` takes ``audit``'s actor, source, object_type and object_id."""
+    changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+    if not changed:
+        return None
+    return audit(action, before={k: before.get(k) for k in changed}, after={k: after.get(k) for k in changed},
+                 detail=name, **where)
+
+
 group_members = db.Table(
     "device_group_members",
     db.Column("group_id", db.Integer, db.ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True),

@@ -8,6 +8,7 @@ import click
 from flask.cli import AppGroup
 
 from .cli import mdm_cli
+from .push_request import APPLE_PORTAL_URL
 
 push_cli = AppGroup("push", help="APNs push certificate and pushes.")
 mdm_cli.add_command(push_cli)
@@ -22,19 +23,73 @@ def _actor() -> str:
 
 @push_cli.command("csr")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write the CSR here (default: print it).")
-def csr_command(out_path):
-    """Generate a new push key (push.key.pending) and its certificate signing request."""
-    from .pushcert import generate_csr
-    csr = generate_csr(actor=_actor())
-    if out_path:
-        Path(out_path).write_bytes(csr)
-        click.echo(f"CSR written to {out_path}", err=True)
+              help="Write the CSR (or, with --vendor-p12, Apple's push certificate request) here (default: print it).")
+@click.option("--vendor-p12", type=click.Path(exists=True, dir_okay=False),
+              help="Your MDM vendor certificate (MDM CSR signing) with its key, exported as .p12: sign the CSR "
+                   "and write Apple's push certificate request.")
+@click.option("--vendor-password", default=None, envvar="MDM_PUSH_VENDOR_PASSWORD", show_envvar=True,
+              help="Password of the vendor .p12 (or the environment variable, to keep it out of `ps`).")
+@click.option("--apple-chain", type=click.Path(exists=True, dir_okay=False),
+              help="Apple's WWDR intermediate and root certificates (PEM), when the .p12 does not carry them.")
+def csr_command(out_path, vendor_p12, vendor_password, apple_chain):
+    """New push key (push.key.pending) and its CSR; with --vendor-p12, the signed request for Apple."""
+    from .pushcert import PushCertError, create_vendor_request, generate_csr
+    if vendor_p12 is None and (vendor_password or apple_chain):
+        raise click.UsageError("--vendor-password and --apple-chain go with --vendor-p12")
+    try:
+        if vendor_p12:
+            data = create_vendor_request(Path(vendor_p12).read_bytes(), vendor_password,
+                                         Path(apple_chain).read_bytes() if apple_chain else None, actor=_actor())
+        else:
+            data = generate_csr(actor=_actor())
+    except PushCertError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_or_echo(data, out_path, "push certificate request" if vendor_p12 else "CSR")
+    if vendor_p12:
+        click.echo(f"Next: upload it at {APPLE_PORTAL_URL} (Create a Certificate, or Renew the existing one to keep "
+                   "the topic), then `flask mdm push install <the .pem Apple returns>`.", err=True)
     else:
-        click.echo(csr.decode(), nl=False)
-    click.echo("Next: have the CSR signed for MDM (vendor signing), upload it at identity.apple.com, then "
-               "`flask mdm push install <the .pem Apple returns>`. The installed identity keeps working "
-               "until then.", err=True)
+        click.echo("Next: have the CSR signed for MDM (`--vendor-p12`, or a signing service with `flask mdm push "
+                   "submit`), upload the request at identity.apple.com, then `flask mdm push install <the .pem "
+                   "Apple returns>`. The installed identity keeps working until then.", err=True)
+
+
+@push_cli.command("submit")
+@click.option("--email", default=None,
+              help="The address registered with the signing service (default: PUSH_SIGNING_SERVICE_EMAIL).")
+def submit_command(email):
+    """Send a new CSR to the CSR-signing service (PUSH_SIGNING_SERVICE_URL); it e-mails the request back."""
+    from .pushcert import PushCertError, submit_to_signing_service
+    try:
+        sent = submit_to_signing_service(email, actor=_actor())
+    except PushCertError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Request accepted by {sent['url']}. Its signed, encrypted reply goes to {sent['email']}: then run "
+               "`flask mdm push decrypt <the attached file>`.")
+
+
+@push_cli.command("decrypt")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the push certificate request here (default: print it).")
+def decrypt_command(file, out_path):
+    """Open the signing service's e-mailed reply with the pending key: the request to upload to Apple."""
+    from .pushcert import PushCertError, open_signing_service_reply
+    try:
+        data = open_signing_service_reply(Path(file).read_bytes(), actor=_actor())
+    except PushCertError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_or_echo(data, out_path, "push certificate request")
+    click.echo(f"Next: upload it at {APPLE_PORTAL_URL}, then `flask mdm push install <the .pem Apple returns>`.",
+               err=True)
+
+
+def _write_or_echo(data: bytes, out_path: str | None, what: str) -> None:
+    if out_path:
+        Path(out_path).write_bytes(data if data.endswith(b"\n") else data + b"\n")
+        click.echo(f"{what.capitalize()} written to {out_path}", err=True)
+    else:
+        click.echo(data.decode().rstrip("\n"))
 
 
 @push_cli.command("install")
@@ -93,5 +148,11 @@ def _echo_status(info: dict) -> None:
                    "pushes to Apple do not. Run `flask mdm push csr` to get a real one.")
     else:
         click.echo("Kind:       Apple push certificate")
-    if info.get("pending_csr"):
-        click.echo("Pending:    a CSR key is waiting for its certificate (push.key.pending)")
+    if info["renew_soon"] and not info["is_placeholder"]:
+        click.echo(f"Renew:      expires in {info['days_left']} days: renew at {APPLE_PORTAL_URL} (same topic)")
+    pending = info.get("pending")
+    if pending:
+        route = {"vendor": "own vendor certificate", "service": f"signing service, reply to {pending.get('email')}",
+                 "csr": "bare CSR"}.get(pending.get("route"), pending.get("route"))
+        ready = "request ready to upload to Apple" if pending["request_ready"] else "no request for Apple yet"
+        click.echo(f"Pending:    a key made {pending.get('created_at', '?')} waits for its certificate ({route}; {ready})")

@@ -1,6 +1,7 @@
 """Shared fixtures: an app with its own database and PKI, a real HTTPS server, simple helpers."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -170,16 +171,36 @@ def client(app):
 
 
 @pytest.fixture
-def live_server(tmp_path, pki_template):
-    """The real production server (cheroot, TLS with our CA) on a free port, in a thread."""
-    from mdm.serve import BackgroundServer
-    port = free_port()
-    app = make_app(tmp_path, pki_template, SERVER_URL=f"https://localhost:{port}")
-    with BackgroundServer(app, port=port) as server:
+def live_server_factory(tmp_path, pki_template):
+    """Start the real production server (``python -m mdm.run``: granian, TLS with our CA) in a child
+    process on a free port, sharing the test app's instance, certificates and database. Keyword
+    arguments are settings given to both the server and its ``.app`` (the test's side); ``serve``
+    names one of ``tests/serving_apps.py``'s apps instead of the production app."""
+    from server_process import ServerProcess
+    started = []
+
+    def start(*, serve: str | None = None, **config):
+        port = free_port()
+        app = make_app(tmp_path, pki_template, SERVER_URL=f"https://localhost:{port}", **config)
+        settings = {"INSTANCE_PATH": app.instance_path, "CERTS_DIR": app.config["CERTS_DIR"],
+                    "DATABASE_URL": app.config["DATABASE_URL"], "ORGANIZATION": app.config["ORGANIZATION"],
+                    **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}}
+        server = ServerProcess(tmp_path, settings, port=port, **(
+            {"module": "serving_apps", "args": (serve,)} if serve else {}))
+        started.append(server)
+        server.start()
         server.app = app
-        server.url = f"https://localhost:{port}"
-        server.ca_file = str(Path(app.config["CERTS_DIR"]) / "ca.pem")
-        yield server
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        with server.app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def live_server(live_server_factory):
+    """The real production server with default settings (see ``live_server_factory``)."""
+    return live_server_factory()

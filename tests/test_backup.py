@@ -13,8 +13,8 @@ import pytest
 from mdm import create_app
 from mdm.extensions import db
 from mdm.models import Command, Device
-from mdm.serve import BackgroundServer
 from mdm.simulator import SimulatedDevice
+from server_process import ServerProcess
 from tests.conftest import database_url, free_port, make_app
 
 
@@ -32,6 +32,13 @@ def _fresh_app(folder: Path, port: int, pki_template: Path, **config):
                        "ORGANIZATION": "Test Org", **config}, instance_path=str(folder / "instance"))
 
 
+def _server_for(app, port: int, **config) -> ServerProcess:
+    """The production server on ``app``'s instance, certificates and database."""
+    return ServerProcess(Path(app.instance_path).parent, {
+        "INSTANCE_PATH": app.instance_path, "CERTS_DIR": app.config["CERTS_DIR"],
+        "DATABASE_URL": app.config["DATABASE_URL"], "ORGANIZATION": app.config["ORGANIZATION"], **config}, port=port)
+
+
 def _dispose(app):
     with app.app_context():
         db.session.remove()
@@ -46,7 +53,8 @@ def test_online_backup_restores_into_a_fresh_folder_and_devices_carry_on(tmp_pat
     ca_file = str(source_dir / "certs" / "ca.pem")
     archive = tmp_path / "mdm-backup.tar.gz"
 
-    with BackgroundServer(source, port=port):
+    server = _server_for(source, port).start()
+    try:
         url = _enrollment_url(source)
         devices = [SimulatedDevice(f"https://localhost:{port}", ca_file) for _ in range(3)]
         for device in devices:
@@ -88,6 +96,8 @@ def test_online_backup_restores_into_a_fresh_folder_and_devices_carry_on(tmp_pat
         assert "secrets key is not in the archive" in result.output
         with source.app_context():
             acknowledged_in_source = Command.query.filter_by(status="Acknowledged").count()
+    finally:
+        server.stop()
     _dispose(source)
 
     # The archive holds no plaintext private key and no secrets key.
@@ -118,7 +128,8 @@ def test_online_backup_restores_into_a_fresh_folder_and_devices_carry_on(tmp_pat
         # Everything the devices had acknowledged before the snapshot is there (the snapshot is one moment).
         assert 9 <= Command.query.filter_by(status="Acknowledged").count() <= acknowledged_in_source
 
-    with BackgroundServer(target, port=port):
+    server = _server_for(target, port, SECRETS_KEY_FILE=str(kept_key)).start()
+    try:
         with target.app_context():
             from mdm import queue
             for d in Device.query.all():
@@ -133,6 +144,8 @@ def test_online_backup_restores_into_a_fresh_folder_and_devices_carry_on(tmp_pat
             pending = Command.query.filter(Command.request_type == "SecurityInfo",
                                            Command.status != "Acknowledged").count()
             assert pending == 0
+    finally:
+        server.stop()
     for device in devices:
         device.close()
     _dispose(target)

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import plistlib
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from server_process import ServerProcess
 from mdm import create_app
 from mdm.extensions import db
 from mdm.models import AuditEvent, Command, Device
@@ -31,65 +28,28 @@ SECRETS_KEY = "5e" * 32
 DEVICES = 6
 
 
-class ServerProcess:
+class CrashServer(ServerProcess):
     """``python -m mdm.run`` on a free port with its own instance, certs and database."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.url = f"https://localhost:{self.port}"
-        self.config = {
+        super().__init__(root, {
             "INSTANCE_PATH": str(root / "instance"), "CERTS_DIR": str(root / "certs"),
-            "DATABASE_URL": f"sqlite:///{root / 'mdm.db'}", "PORT": str(self.port), "LISTEN_HOST": "127.0.0.1",
-            "SERVER_URL": self.url, "SCHEDULER_ENABLED": "false", "ORGANIZATION": "Crash Org",
+            "DATABASE_URL": f"sqlite:///{root / 'mdm.db'}", "ORGANIZATION": "Crash Org",
             # Nothing listens there: pushes fail fast and are retried, as during an APNs outage.
             "APNS_GATEWAY": "https://127.0.0.1:9", "SECRETS_KEY": SECRETS_KEY,
-        }
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MDM_")}
-        env.update({f"MDM_{k}": v for k, v in self.config.items()})
-        self.starts += 1
-        log = open(self.root / f"server-{self.starts}.log", "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "mdm.run"], cwd=PROJECT, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 120     # first start generates the CA and keys on a busy machine
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"server did not start:\n{self.log()}")
-
-    def kill(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        assert self.process.returncode == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.root.glob("server-*.log")))
+        })
 
     def app(self):
         """An in-process app on the same database (the admin's side: tokens, enqueues, checks)."""
-        config = {k: v for k, v in self.config.items() if k not in ("INSTANCE_PATH", "PORT")}
+        config = {k: v for k, v in self.config.items()
+                  if k not in ("INSTANCE_PATH", "PORT", "LISTEN_HOST", "SCHEDULER_ENABLED")}
         config.update(SCHEDULER_ENABLED=False, TESTING=True)
         return create_app(config, instance_path=self.config["INSTANCE_PATH"])
 
 
 @pytest.fixture
 def server(tmp_path):
-    server = ServerProcess(tmp_path)
+    server = CrashServer(tmp_path)
     server.start()
     yield server
     server.stop()

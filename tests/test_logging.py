@@ -12,45 +12,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from flask import request
 
 from mdm import logs
 from mdm.enroll.pki import read_private_key_pem
 from mdm.extensions import db
-from mdm.serve import BackgroundServer
 from mdm.simulator import SimulatedDevice
 from mdm.simulator.device import verify_signed_profile
-from tests.conftest import free_port, make_app
 
 
 @pytest.fixture
-def logged_server(tmp_path, pki_template):
-    port = free_port()
-    app = make_app(tmp_path, pki_template, SERVER_URL=f"https://localhost:{port}")
-    stream = io.StringIO()
-    logs.configure({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}, stream=stream)
-    careless = logging.getLogger("careless")
-
-    # Code that should never have been written: it logs every request and response in full.
-    @app.before_request
-    def log_everything_in():
-        careless.warning("request %s %s headers=%s body=%r", request.method, request.full_path,
-                         dict(request.headers), request.environ["wsgi.input"].getvalue())
-
-    @app.after_request
-    def log_everything_out(response):
-        careless.warning("response %s body=%r", response.status, response.get_data())
-        return response
-
-    with BackgroundServer(app, port=port) as server:
-        server.app, server.stream = app, stream
-        server.url = f"https://localhost:{port}"
-        server.ca_file = str(Path(app.config["CERTS_DIR"]) / "ca.pem")
-        yield server
-    logs.configure({})
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+def logged_server(live_server_factory):
+    """The production server with JSON logs, serving the app with careless logging hooks
+    (tests/serving_apps.py: every request and response logged in full)."""
+    return live_server_factory(serve="careless", LOG_FORMAT="json")
 
 
 def test_secrets_never_reach_the_log_even_when_code_logs_them(logged_server):
@@ -74,14 +48,21 @@ def test_secrets_never_reach_the_log_even_when_code_logs_them(logged_server):
     device.sign = lambda body: signatures.append(sign(body)) or signatures[-1]
     device.enroll(url)
     device.connect()
+    # Careless code in this process too (a CLI command, a job), logging through the same set-up.
+    stream = io.StringIO()
+    logs.configure({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}, stream=stream)
     logging.getLogger("careless").error("loaded key %s", key_pem)
     try:
         raise RuntimeError(f"failed with token={secret_token}")
     except RuntimeError:
         logging.getLogger("careless").exception("oops")
+    finally:
+        logs.configure({})
     device.close()
 
-    output = logged_server.stream.getvalue()
+    assert logged_server.stop() == 0
+    raw = logged_server.log(tail=None) + "\n" + stream.getvalue()   # everything, JSON or not
+    output = "\n".join(line for line in raw.splitlines() if line.startswith("{"))
     secrets = {
         "enrollment token": secret_token,
         "SCEP challenge": challenge,
@@ -95,7 +76,7 @@ def test_secrets_never_reach_the_log_even_when_code_logs_them(logged_server):
     assert len(signatures) >= 5
     for i, signature in enumerate(signatures):
         secrets[f"Mdm-Signature #{i}"] = signature[:80]
-    leaked = {name for name, value in secrets.items() if value in output}
+    leaked = {name for name, value in secrets.items() if value in raw}
     assert leaked == set()
 
     # The log is real and complete: JSON lines with request context for every request.

@@ -1,6 +1,7 @@
 """APNs pushes against a real local HTTP/2 TLS server, and the push certificate's life cycle."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 import stat
@@ -19,6 +20,8 @@ from mdm.enroll.pki import create_ca, issue_certificate, load_private_key, new_k
 from mdm.extensions import db
 from mdm.models import AuditEvent, Device, PushRequest
 from tests.apns_server import FakeAPNs
+from tests.pushcert_kit import (SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor,
+                                openssl)
 from tests.conftest import free_port, plain_key_file
 
 TOKEN_BYTES = 32
@@ -448,3 +451,232 @@ def test_finished_pushes_are_pruned_after_a_month(ctx):
     assert push.process_due_pushes(ctx) is None
     assert db.session.get(PushRequest, old_id) is None
     assert db.session.get(PushRequest, recent_id) is not None
+
+
+# ---------------------------------------------------------------- getting the certificate: both routes
+
+
+@pytest.fixture(scope="session")
+def apple_chain():
+    return make_apple_chain()
+
+
+@pytest.fixture(scope="session")
+def vendor(apple_chain):
+    return make_vendor(apple_chain)
+
+
+def check_request_with_openssl(request_b64: bytes, vendor_cert: x509.Certificate, chain, tmp_path: Path) -> bytes:
+    """Apple's checks, done with the `openssl` command: the signature over the exact CSR DER bytes with
+    the vendor's public key, and the chain vendor → WWDR → root. Returns the CSR DER."""
+    import plistlib
+    assert re.fullmatch(rb"[A-Za-z0-9+/=]+\n?", request_b64)
+    plist = plistlib.loads(base64.b64decode(request_b64))
+    assert set(plist) == {"PushCertRequestCSR", "PushCertCertificateChain", "PushCertSignature"}
+    assert base64.b64decode(request_b64).startswith(b"<?xml")          # an XML property list
+    csr_der = base64.b64decode(plist["PushCertRequestCSR"])
+    (tmp_path / "csr.der").write_bytes(csr_der)
+    (tmp_path / "sig.bin").write_bytes(base64.b64decode(plist["PushCertSignature"]))
+    (tmp_path / "vendor-pub.pem").write_bytes(vendor_cert.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    out = openssl("dgst", "-sha256", "-verify", str(tmp_path / "vendor-pub.pem"),
+                  "-signature", str(tmp_path / "sig.bin"), str(tmp_path / "csr.der"))
+    assert out.strip() == b"Verified OK"
+    in_plist = x509.load_pem_x509_certificates(plist["PushCertCertificateChain"].encode())
+    assert in_plist == [vendor_cert, chain.wwdr, chain.root]
+    (tmp_path / "root.pem").write_bytes(pem(chain.root))
+    (tmp_path / "wwdr.pem").write_bytes(pem(chain.wwdr))
+    (tmp_path / "vendor.pem").write_bytes(pem(vendor_cert))
+    assert b"OK" in openssl("verify", "-CAfile", str(tmp_path / "root.pem"), "-untrusted", str(tmp_path / "wwdr.pem"),
+                            str(tmp_path / "vendor.pem"))
+    return csr_der
+
+
+def install_and_push(app, runner, fake_apple_ca, csr, tmp_path, topic=None):
+    """identity.apple.com's part (a certificate for the CSR's key, from the fake Apple CA), then
+    `flask mdm push install` and a push that reaches the local APNs with that certificate."""
+    cert = apple_push_certificate(fake_apple_ca, csr.public_key(), topic)
+    (tmp_path / "MDM_Certificate.pem").write_bytes(pem(cert))
+    result = runner.invoke(args=["mdm", "push", "install", str(tmp_path / "MDM_Certificate.pem")])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        device = add_device(topic=pushcert.topic_of(cert))
+        token = device.push_token
+        [sent] = push.send_now([device.id])
+        assert sent.status == "sent", sent
+        assert pushcert.status()["pending"] is None
+        push.shutdown(app)
+    return cert, token
+
+
+def test_vendor_route_request_verifies_with_openssl_then_installs_and_pushes(app, apns, fake_apple_ca, apple_chain,
+                                                                            vendor, tmp_path):
+    runner = app.test_cli_runner()
+    certs = Path(app.config["CERTS_DIR"])
+    (tmp_path / "vendor.p12").write_bytes(vendor.p12(b"vendor pw", apple_chain))
+    out = tmp_path / "push-request.b64"
+    result = runner.invoke(args=["mdm", "push", "csr", "--vendor-p12", str(tmp_path / "vendor.p12"),
+                                 "--vendor-password", "vendor pw", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "identity.apple.com" in result.output
+
+    csr_der = check_request_with_openssl(out.read_bytes(), vendor.cert, apple_chain, tmp_path)
+    csr = x509.load_der_x509_csr(csr_der)
+    pending_file = (certs / "push.key.pending").read_bytes()
+    assert b"PRIVATE KEY" not in pending_file                       # sealed at rest
+    with app.app_context():
+        assert spki(load_private_key(certs / "push.key.pending")) == spki(csr)
+        info = pushcert.status()
+        assert info["pending"]["route"] == "vendor" and info["pending"]["request_ready"] is True
+        assert pushcert.pending_request().strip() == out.read_bytes().strip()
+
+    result = runner.invoke(args=["mdm", "push", "show"])
+    assert "own vendor certificate" in result.output and "request ready" in result.output
+
+    cert, token = install_and_push(app, runner, fake_apple_ca, csr, tmp_path)
+    [received] = apns.requests_for(token)
+    assert received.client_cert_sha256 == cert.fingerprint(hashes.SHA256()).hex()
+    assert received.headers["apns-topic"] == pushcert.topic_of(cert)
+    with app.app_context():
+        actions = [e.action for e in db.session.scalars(db.select(AuditEvent).where(
+            AuditEvent.action.like("push_certificate.%")).order_by(AuditEvent.id))]
+        assert actions == ["push_certificate.request", "push_certificate.install"]
+    assert not (certs / "push.key.pending").exists() and not (certs / "push.request.b64").exists()
+
+
+def test_vendor_p12_without_apple_chain_needs_the_chain_file(ctx, apple_chain, vendor, tmp_path):
+    certs = Path(ctx.config["CERTS_DIR"])
+    bare = vendor.p12(b"pw", None)
+    with pytest.raises(pushcert.PushCertError, match="--apple-chain") as refused:
+        pushcert.create_vendor_request(bare, "pw")
+    assert "AppleWWDRCAG3.cer" in str(refused.value)
+    with pytest.raises(pushcert.PushCertError, match="wrong password"):
+        pushcert.create_vendor_request(bare, "not it", apple_chain.pem())
+    other_chain = make_apple_chain()
+    with pytest.raises(pushcert.PushCertError, match="is missing"):
+        pushcert.create_vendor_request(bare, "pw", other_chain.pem())   # same names, other keys: no link
+    assert not (certs / "push.key.pending").exists()                   # nothing made on refusal
+
+    request_b64 = pushcert.create_vendor_request(bare, "pw", apple_chain.pem())
+    check_request_with_openssl(request_b64, vendor.cert, apple_chain, tmp_path)
+
+
+def configure_service(app, service, email="it@shop.example"):
+    app.config.update(PUSH_SIGNING_SERVICE_URL=service.url, PUSH_SIGNING_SERVICE_API_KEY=service.api_key,
+                      PUSH_SIGNING_SERVICE_EMAIL=email)
+
+
+def test_signing_service_route_submit_decrypt_install_push(app, apns, fake_apple_ca, apple_chain, tmp_path):
+    runner = app.test_cli_runner()
+    certs = Path(app.config["CERTS_DIR"])
+    service_vendor = make_vendor(apple_chain, "MDM Vendor: Community Signing Service")
+    with SigningService(tmp_path / "service", service_vendor, apple_chain) as service:
+        configure_service(app, service)
+        result = runner.invoke(args=["mdm", "push", "submit", "--email", "it@shop.example"])
+        assert result.exit_code == 0, result.output
+        [sent] = service.received
+        [mail] = service.outbox
+    # What the service received, in mdmcert.download's shape.
+    assert sent["content_type"] == "application/json" and sent["key"] == service.api_key
+    assert sent["email"] == "it@shop.example" and mail.to == "it@shop.example"
+    csr = x509.load_pem_x509_csr(base64.b64decode(sent["csr"]))
+    encrypt_cert = x509.load_pem_x509_certificate(base64.b64decode(sent["encrypt"]))
+    with app.app_context():
+        pending = load_private_key(certs / "push.key.pending")
+        assert spki(csr) == spki(pending) == spki(encrypt_cert)     # the pending key opens the reply
+        assert pushcert.status()["pending"] == {**pushcert.status()["pending"], "route": "service",
+                                                 "email": "it@shop.example", "request_ready": False}
+    assert b"PRIVATE KEY" not in (certs / "push.key.pending").read_bytes()
+
+    reply = tmp_path / mail.filename
+    reply.write_bytes(mail.attachment)
+    assert re.fullmatch(rb"[0-9a-f]+", mail.attachment)               # hex, as the real service sends it
+    result = runner.invoke(args=["mdm", "push", "decrypt", str(reply), "--out", str(tmp_path / "req.b64")])
+    assert result.exit_code == 0, result.output
+    csr_der = check_request_with_openssl((tmp_path / "req.b64").read_bytes(), service_vendor.cert, apple_chain,
+                                         tmp_path)
+    assert csr_der == csr.public_bytes(serialization.Encoding.DER)      # the exact CSR we sent
+    with app.app_context():
+        assert pushcert.status()["pending"]["request_ready"] is True
+
+    cert, token = install_and_push(app, runner, fake_apple_ca, csr, tmp_path)
+    assert apns.requests_for(token)[0].client_cert_sha256 == cert.fingerprint(hashes.SHA256()).hex()
+    with app.app_context():
+        actions = [e.action for e in db.session.scalars(db.select(AuditEvent).where(
+            AuditEvent.action.like("push_certificate.%")).order_by(AuditEvent.id))]
+    assert actions == ["push_certificate.request", "push_certificate.request_decrypted", "push_certificate.install"]
+
+
+def test_signing_service_refusals_keep_the_earlier_request(app, apple_chain, tmp_path):
+    runner = app.test_cli_runner()
+    certs = Path(app.config["CERTS_DIR"])
+    result = runner.invoke(args=["mdm", "push", "submit", "--email", "it@shop.example"])
+    assert result.exit_code != 0 and "PUSH_SIGNING_SERVICE_URL" in result.output    # nothing configured
+
+    with SigningService(tmp_path / "service", make_vendor(apple_chain), apple_chain) as service:
+        configure_service(app, service)
+        assert runner.invoke(args=["mdm", "push", "submit"]).exit_code == 0           # e-mail from the settings
+        first_pending = (certs / "push.key.pending").read_bytes()
+        first_mail = service.outbox[0]
+        result = runner.invoke(args=["mdm", "push", "submit", "--email", "someone@else.example"])
+        assert result.exit_code != 0 and "Have you registered" in result.output
+        app.config["PUSH_SIGNING_SERVICE_API_KEY"] = "wrong"
+        result = runner.invoke(args=["mdm", "push", "submit"])
+        assert result.exit_code != 0 and "Invalid API key" in result.output
+        assert len(service.outbox) == 1
+    assert (certs / "push.key.pending").read_bytes() == first_pending                # still the first request
+
+    (tmp_path / "first.p7").write_bytes(first_mail.attachment)
+    assert runner.invoke(args=["mdm", "push", "decrypt", str(tmp_path / "first.p7")]).exit_code == 0
+    result = runner.invoke(args=["mdm", "push", "submit"])                           # service gone now
+    assert result.exit_code != 0 and "cannot reach the signing service" in result.output
+
+
+def test_decrypt_accepts_base64_and_3des_and_refuses_a_reply_for_another_key(app, apple_chain, tmp_path):
+    runner = app.test_cli_runner()
+    with SigningService(tmp_path / "service", make_vendor(apple_chain), apple_chain, cipher="des3") as service:
+        configure_service(app, service)
+        assert runner.invoke(args=["mdm", "push", "submit"]).exit_code == 0
+        assert runner.invoke(args=["mdm", "push", "submit"]).exit_code == 0   # a newer request replaces the key
+    old_mail, new_mail = service.outbox
+    (tmp_path / "old.p7").write_bytes(old_mail.attachment)
+    result = runner.invoke(args=["mdm", "push", "decrypt", str(tmp_path / "old.p7")])
+    assert result.exit_code != 0 and "newest" in result.output
+
+    # 3DES content encryption (OpenSSL does it), given as base64 instead of hex.
+    (tmp_path / "new.p7").write_bytes(base64.encodebytes(bytes.fromhex(new_mail.attachment.decode())))
+    result = runner.invoke(args=["mdm", "push", "decrypt", str(tmp_path / "new.p7")])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        key = load_private_key(Path(app.config["CERTS_DIR"]) / "push.key.pending")
+    assert spki(csr_of_request(result.stdout.strip().encode())) == spki(key)
+
+    (tmp_path / "junk.p7").write_bytes(b"this is not the attachment")
+    result = runner.invoke(args=["mdm", "push", "decrypt", str(tmp_path / "junk.p7")])
+    assert result.exit_code != 0 and "e-mail" in result.output
+
+
+def test_renewal_keeps_the_topic_unless_forced(ctx, fake_apple_ca):
+    first_key = new_key()
+    first = apple_signed(fake_apple_ca, first_key.public_key())
+    pushcert.install_certificate(pkcs12.serialize_key_and_certificates(b"p", first_key, first, None,
+                                                                       serialization.NoEncryption()))
+    topic = pushcert.topic_of(first)
+    # No device enrolled yet, still refused: devices enrolling meanwhile, or restored, would be lost.
+    csr = x509.load_pem_x509_csr(pushcert.generate_csr())
+    other = pem(apple_signed(fake_apple_ca, csr.public_key()))
+    with pytest.raises(pushcert.PushCertError, match="differs from the installed") as refused:
+        pushcert.install_certificate(other)
+    assert "Renew" in str(refused.value) and pushcert.current_topic() == topic
+    renewed = pushcert.install_certificate(pem(apple_signed(fake_apple_ca, csr.public_key(), topic)))
+    assert renewed["topic"] == topic and renewed["pending"] is None
+
+
+def test_renewal_warning_from_30_days_before_expiry(ctx, fake_apple_ca):
+    for days, warned in ((31, False), (30, True), (2, True)):
+        key = new_key()
+        cert = apple_signed(fake_apple_ca, key.public_key(), topic=pushcert.current_topic() if days != 31 else None,
+                            days=days)
+        info = pushcert.install_certificate(pkcs12.serialize_key_and_certificates(
+            b"p", key, cert, None, serialization.NoEncryption()))
+        assert info["renew_soon"] is warned, (days, info["days_left"])

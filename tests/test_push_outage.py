@@ -79,9 +79,22 @@ def apns_for(tmp_path):
         server.__exit__(None, None, None)
 
 
-def test_apns_outage_retries_with_backoff_shows_a_banner_and_loses_nothing(live_server, apns_for):
+@pytest.fixture
+def apns_first(pki_template):
+    """The APNs stand-in started before the server, so the server process pushes to it from the start
+    (the test suite's PKI template holds plaintext keys: no secrets key is needed to read them)."""
+    server = FakeAPNs(str(pki_template / "tls.pem"), str(pki_template / "tls.key"), str(pki_template / "ca.pem"))
+    server.__enter__()
+    yield server
+    server.__exit__(None, None, None)
+
+
+def test_apns_outage_retries_with_backoff_shows_a_banner_and_loses_nothing(live_server_factory, apns_first,
+                                                                             pki_template):
+    apns = apns_first
+    live_server = live_server_factory(APNS_GATEWAY=apns.url, APNS_CA_FILE=str(pki_template / "ca.pem"),
+                                      APNS_BACKOFF_SECONDS=BACKOFF_SECONDS, APNS_MAX_ATTEMPTS=5)
     app = live_server.app
-    apns = apns_for(app)
     device = SimulatedDevice(live_server.url, live_server.ca_file)
     token = device.push_token.hex()
     apns.answer(token, (503, "ServiceUnavailable"))          # APNs is down for this whole first part

@@ -103,7 +103,7 @@ def test_patch_cli_reports_every_invalid_field(cli):
 def test_patch_cli_text_errors_go_to_stderr_with_exit_status_1(app):
     result = app.test_cli_runner().invoke(args=["mdm", "patch", "create", "--deferral-days", "91"])
     assert result.exit_code == 1
-    assert "error: deferral_days: must be 0 (no deferral) or between 1 and 90" in result.output
+    assert "error: deferral_days: Defer OS updates must be 0 (no deferral) or between 1 and 90" in result.output
 
 
 # ---- groups, binding, recompute ---------------------------------------------------------------------

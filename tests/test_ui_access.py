@@ -20,7 +20,8 @@ R, H, M, A, PUBLIC = Role.ReadOnly, Role.HelpDesk, Role.Manager, Role.Administra
 # The minimum role of every admin route, written out by hand so that a change to a route's
 # declaration, or a new route nobody listed, fails here.
 EXPECTED = {
-    "static": PUBLIC, "ui_static.htmx_js": PUBLIC, "ui_static.own_static": PUBLIC, "auth.login": PUBLIC,
+    "static": PUBLIC, "ui_static.htmx_js": PUBLIC, "ui_static.own_static": PUBLIC, "ui_static.favicon": PUBLIC,
+    "auth.login": PUBLIC,
     "api.openapi": PUBLIC,
     "auth.logout": R, "auth.account": R, "dashboard.index": R,
     "devices.index": R, "devices.detail": R, "devices.commands_fragment": R, "devices.results_fragment": R,
@@ -33,7 +34,8 @@ EXPECTED = {
     "policies.load_defaults": M, "policies.bind_ring": M,
     "enrollment.index": R, "enrollment.create": M, "enrollment.revoke": M, "enrollment.qr": M,
     "settings.index": R, "settings.catalog_sync_status": R, "settings.push_csr": A, "settings.push_upload": A,
-    "settings.catalog_sync": A,
+    "settings.catalog_sync": A, "settings.push_vendor_request": A, "settings.push_submit": A,
+    "settings.push_decrypt": A, "settings.push_request_download": A,
     "admins.index": A, "admins.invite": A, "admins.change": A, "admins.tokens": A, "admins.create_token": A,
     "admins.revoke_token": A,
     "audit_log.index": R,

@@ -14,7 +14,7 @@ VALID = {"name": "Pilot iPhones", "deferral_days": "5", "enforce": ["false", "tr
          "local_time": "18:30", "details_url": "https://intranet.example.com/ios", "notifications_all": "true",
          "cadence": "All", "auto_download": "AlwaysOn", "auto_install_os": "AlwaysOn",
          "auto_install_security": "Allowed", "rsr_offer": ["false", "true"], "rsr_rollback": ["false"],
-         "beta_enrollment": "AlwaysOff", "beta_programs": "", "stay_on_major": "false"}
+         "beta_enrollment": "AlwaysOff", "beta_rows": "1", "stay_on_major": "false"}
 
 
 def error_slot(page: str, field: str) -> str:
@@ -89,7 +89,7 @@ def test_invalid_combination_is_explained_in_place_then_fixed_and_saved(app):
 def test_field_errors_name_the_field(app):
     manager = signed_in(app, Role.Manager, "mgr")
     bad = dict(VALID, deferral_days="91", grace_days="400", local_time="25:00", details_url="ftp://x",
-               beta_enrollment="AlwaysOff", beta_programs="Seed = tok")
+               beta_enrollment="AlwaysOff", beta_description="Seed", beta_token="tok")
     page = manager.post("/patch-management", bad).text
     assert "between 1 and 90" in error_slot(page, "deferral_days")
     assert "between 0 and 365" in error_slot(page, "grace_days")
@@ -162,7 +162,8 @@ def test_edit_bind_group_results_preview_and_delete(app):
 
 def test_read_only_sees_the_policy_but_cannot_change_it(app):
     manager = signed_in(app, Role.Manager, "mgr")
-    manager.post("/patch-management", dict(VALID, beta_enrollment="Allowed", beta_programs="Seed = secret-token"))
+    manager.post("/patch-management", dict(VALID, beta_enrollment="Allowed", beta_description="Seed",
+                                           beta_token="secret-token"))
     policy_id = policy_id_of(app, "Pilot iPhones")
     reader = signed_in(app, Role.ReadOnly, "reader")
     page = reader.get(f"/patch-management/{policy_id}").text

@@ -43,7 +43,7 @@ BODIES = {
                           "properties": {"request_type": {"type": "string"}}},
 }
 DEVICE_FILTERS = ("q", "os", "model", "platform", "supervised", "group", "patch", "policy", "seen", "status",
-                  "page", "per_page")
+                  "deadline", "sort", "page", "per_page")
 
 
 def build_spec() -> dict:

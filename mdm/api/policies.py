@@ -1,5 +1,6 @@
 """Patch policies: create, read, update, delete, bind, load defaults, results. Validation and error
-messages are the DDM service's, exactly as in the form."""
+messages are the DDM service's, exactly as in the form: each error is ``{"field": <setting id>,
+"message": <a sentence in the form's words>}`` and ``error`` joins the messages."""
 from __future__ import annotations
 
 from flask import jsonify, request
@@ -21,7 +22,11 @@ def _policy_error(exc, status: int = 400):
     errors = [{"field": e.field, "message": e.message} for e in exc.errors]
     if any("already exists" in e.message for e in exc.errors):
         status = 409
-    return api_error(status, str(exc), errors=errors)
+    return api_error(status, " ".join(_sentence(e.message) for e in exc.errors), errors=errors)
+
+
+def _sentence(message: str) -> str:
+    return message if message.endswith(".") else message + "."
 
 
 def _find(policy_id: int):
@@ -50,7 +55,8 @@ def create_policy():
     body = dict(body)
     platform = body.pop("platform", "iOS")
     if platform != "iOS":
-        return api_error(400, f"platform: only iOS patch policies are available, got {platform!r}")
+        return api_error(400, f"Only iOS & iPadOS patch policies (platform \"iOS\") are available, got {platform!r}",
+                         errors=[{"field": "platform", "message": "Only iOS & iPadOS patch policies are available"}])
     try:
         policy = p.create_policy(body, actor=current_actor(), source=current_source())
     except p.PolicyError as exc:

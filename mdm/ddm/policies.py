@@ -1,8 +1,11 @@
 """iOS patch policies: the validated settings, and the service that creates, edits, deletes and binds them.
 
 Every caller (CLI, UI, API) goes through ``validate_settings`` and the service functions here, so the
-same error messages appear everywhere. Errors name the field (the ``PolicySettings`` attribute) and
-the reason. Services commit, audit, then recompute the devices the change reaches.
+same error messages appear everywhere. Each error carries the field (the ``PolicySettings`` attribute,
+for placing it next to its input and for the API's ``field`` key) and a message in the form's own words
+(``FIELD_LABELS``, ``ACTION_LABELS``), e.g. "Install OS updates can't be Always On while Download is
+User Controlled". Services commit, audit (an update records only the changed fields, see
+``mdm.models.audit_update``), then recompute the devices the change reaches.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Iterable, Mapping
 
 from ..extensions import db
-from ..models import Device, DeviceGroup, audit, group_members, utcnow
+from ..models import Device, DeviceGroup, audit, audit_update, group_members, utcnow
 from .models import DevicePatchTarget, PatchPolicy, PolicyBinding, PolicyGroup
 
 DEFAULT_NAME = "iOS patch policy"
@@ -27,12 +30,33 @@ CADENCES = ("All", "Oldest", "Newest")         # RecommendedCadence rangelist
 _ALIASES = {"usercontrolled": "Allowed", "user": "Allowed", "allowed": "Allowed", "userallowed": "Allowed",
             "alwayson": "AlwaysOn", "on": "AlwaysOn", "alwaysoff": "AlwaysOff", "off": "AlwaysOff"}
 
+# The policy form's words for each setting and value: every error message speaks them, so the form, the
+# API and the CLI say the same thing the admin sees on screen.
+FIELD_LABELS = {
+    "name": "Name", "deferral_days": "Defer OS updates", "enforce": "Enforce automatic updates",
+    "grace_days": "Grace period", "local_time": "Local device time", "details_url": "Details URL",
+    "notifications_all": "Notifications", "cadence": "Recommended cadence",
+    "auto_download": "Download", "auto_install_os": "Install OS updates",
+    "auto_install_security": "Install security responses and system files",
+    "rsr_offer": "Offer Rapid Security Responses", "rsr_rollback": "Allow rollback",
+    "beta_enrollment": "Beta program enrollment", "beta_programs": "Offered beta programs",
+    "stay_on_major": "Major upgrades",
+}
+ACTION_LABELS = {"Allowed": "User Controlled", "AlwaysOn": "Always On", "AlwaysOff": "Always Off"}
+BETA_LABELS = {"Allowed": "User Allowed", "AlwaysOn": "Always On", "AlwaysOff": "Always Off"}
+CADENCE_LABELS = {"All": "All versions", "Oldest": "Oldest only", "Newest": "Newest only"}
+# Settings Apple defines for macOS only (softwareupdate.settings.yaml: AutomaticActions.InstallSecurityUpdate
+# has ``supportedOS: iOS: introduced: n/a``). An iOS policy may only leave them at Apple's default.
+MACOS_ONLY_SETTINGS = {"auto_install_security": "Allowed"}
+
 # Download/install pairs that devices refuse with "Invalid global settings declaration".
 INVALID_ACTION_PAIRS = {
-    ("Allowed", "AlwaysOn"): "installs cannot be forced on while the user controls downloads "
-                             "(set auto_download to AlwaysOn)",
-    ("AlwaysOff", "Allowed"): "the user cannot be offered automatic installs while downloads are always off",
-    ("AlwaysOff", "AlwaysOn"): "installs cannot be always on while downloads are always off",
+    ("Allowed", "AlwaysOn"): "installs cannot be forced on while the user controls downloads. "
+                             "Set Download to Always On",
+    ("AlwaysOff", "Allowed"): "the user cannot be offered automatic installs while downloads are always off. "
+                              "Set Install OS updates to Always Off, or allow downloads",
+    ("AlwaysOff", "AlwaysOn"): "installs cannot be always on while downloads are always off. "
+                               "Set Download to Always On",
 }
 
 
@@ -70,6 +94,7 @@ SETTING_FIELDS = tuple(f.name for f in fields(PolicySettings))
 
 @dataclass(frozen=True)
 class FieldError:
+    """``field`` is the setting's id (where the form shows it); ``message`` is a whole sentence for a person."""
     field: str
     message: str
 
@@ -92,15 +117,28 @@ _TRUE = {"true", "1", "yes", "on", "y"}
 _FALSE = {"false", "0", "no", "off", "n"}
 
 
+def label(field: str) -> str:
+    """The form's name for a setting (the id itself for a field the form does not have)."""
+    return FIELD_LABELS.get(field, field)
+
+
+def _choice_words(field: str, allowed) -> str:
+    """"User Controlled, Always On or Always Off (Allowed, AlwaysOn, AlwaysOff)": the form's words, then the
+    values the API and CLI take."""
+    words = {"cadence": CADENCE_LABELS, "beta_enrollment": BETA_LABELS}.get(field, ACTION_LABELS)
+    shown = [words.get(v, v) for v in allowed]
+    return f"{', '.join(shown[:-1])} or {shown[-1]} ({', '.join(allowed)})"
+
+
 def _as_int(value, field, errors):
     if isinstance(value, bool):
-        errors.append(FieldError(field, "must be a whole number of days"))
+        errors.append(FieldError(field, f"{label(field)} must be a whole number of days"))
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
         return int(value)
-    errors.append(FieldError(field, f"must be a whole number of days, got {value!r}"))
+    errors.append(FieldError(field, f"{label(field)} must be a whole number of days, got {value!r}"))
     return None
 
 
@@ -109,7 +147,7 @@ def _as_bool(value, field, errors):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    errors.append(FieldError(field, f"must be true or false, got {value!r}"))
+    errors.append(FieldError(field, f"{label(field)} must be true or false, got {value!r}"))
     return None
 
 
@@ -121,7 +159,7 @@ def _as_choice(value, field, errors, allowed, aliases=None):
         key = re.sub(r"[\s_-]", "", value).lower()
         if aliases and key in aliases:
             return aliases[key]
-    errors.append(FieldError(field, f"must be one of {', '.join(allowed)}, got {value!r}"))
+    errors.append(FieldError(field, f"{label(field)} must be {_choice_words(field, allowed)}, got {value!r}"))
     return None
 
 
@@ -130,7 +168,8 @@ def _as_programs(value, errors):
     if value in (None, ""):
         return ()
     if not isinstance(value, (list, tuple)):
-        errors.append(FieldError("beta_programs", "must be a list of (description, token) pairs"))
+        errors.append(FieldError("beta_programs", "Offered beta programs must be a list of (description, token) "
+                                                  "pairs"))
         return None
     programs = []
     for i, item in enumerate(value):
@@ -141,19 +180,20 @@ def _as_programs(value, errors):
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             pair = tuple(item)
         else:
-            errors.append(FieldError("beta_programs", f"entry {i + 1} must be a description and a token"))
+            errors.append(FieldError("beta_programs", f"Beta program {i + 1} must be a description and a token"))
             return None
         description, token = pair
         if not isinstance(description, str) or not description.strip():
-            errors.append(FieldError("beta_programs", f"entry {i + 1} needs a description"))
+            errors.append(FieldError("beta_programs", f"Beta program {i + 1} needs a description"))
             return None
         if not isinstance(token, str) or not token.strip():
-            errors.append(FieldError("beta_programs", f"entry {i + 1} ({description}) needs a seeding-service token"))
+            errors.append(FieldError("beta_programs", f"Beta program {i + 1} ({description}) needs a seeding-service "
+                                                      f"token"))
             return None
         programs.append((description.strip(), token.strip()))
     tokens = [t for _, t in programs]
     if len(set(tokens)) != len(tokens):
-        errors.append(FieldError("beta_programs", "the same token is offered twice"))
+        errors.append(FieldError("beta_programs", "Offered beta programs: the same token is offered twice"))
         return None
     return tuple(programs)
 
@@ -161,10 +201,10 @@ def _as_programs(value, errors):
 def _parse_field(field: str, value, errors):
     if field == "name":
         if not isinstance(value, str) or not value.strip():
-            errors.append(FieldError("name", "must not be empty"))
+            errors.append(FieldError("name", "Name must not be empty"))
             return None
         if len(value.strip()) > 255:
-            errors.append(FieldError("name", "must be at most 255 characters"))
+            errors.append(FieldError("name", "Name must be at most 255 characters"))
             return None
         return value.strip()
     if field in ("deferral_days", "grace_days"):
@@ -175,7 +215,7 @@ def _parse_field(field: str, value, errors):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         if not isinstance(value, str):
-            errors.append(FieldError(field, f"must be text, got {value!r}"))
+            errors.append(FieldError(field, f"{label(field)} must be text, got {value!r}"))
             return None
         return value.strip()
     if field == "cadence":
@@ -188,44 +228,66 @@ def _parse_field(field: str, value, errors):
 
 
 def check_rules(s: PolicySettings) -> list[FieldError]:
-    """Rules between fields and ranges; every message says what to change."""
+    """Rules between fields and ranges; every message says, in the form's words, what to change."""
     errors = []
     if not (s.deferral_days == 0 or 1 <= s.deferral_days <= MAX_DEFERRAL_DAYS):
-        errors.append(FieldError("deferral_days", f"must be 0 (no deferral) or between 1 and {MAX_DEFERRAL_DAYS} "
-                                                  f"days, got {s.deferral_days}"))
+        errors.append(FieldError("deferral_days", f"Defer OS updates must be 0 (no deferral) or between 1 and "
+                                                  f"{MAX_DEFERRAL_DAYS} days, got {s.deferral_days}"))
     if not 0 <= s.grace_days <= MAX_GRACE_DAYS:
-        errors.append(FieldError("grace_days", f"must be between 0 and {MAX_GRACE_DAYS} days, got {s.grace_days}"))
+        errors.append(FieldError("grace_days", f"Grace period must be between 0 and {MAX_GRACE_DAYS} days, "
+                                               f"got {s.grace_days}"))
     if s.local_time is not None and not _TIME.match(s.local_time):
-        errors.append(FieldError("local_time", f"must be a 24-hour time HH:MM (e.g. 18:00), got {s.local_time!r}"))
+        errors.append(FieldError("local_time", f"Local device time must be a 24-hour time HH:MM (e.g. 18:00), "
+                                               f"got {s.local_time!r}"))
     elif s.enforce and s.local_time is None:
-        errors.append(FieldError("local_time", "is required when enforcement is on (HH:MM, device-local time)"))
+        errors.append(FieldError("local_time", "Local device time is required when enforcement is on (HH:MM, "
+                                               "device-local time)"))
     if s.details_url is not None and not re.match(r"^https?://[^\s/]+", s.details_url, re.IGNORECASE):
-        errors.append(FieldError("details_url", f"must start with http:// or https:// and name a host, "
-                                                f"got {s.details_url!r}"))
+        errors.append(FieldError("details_url", f"Details URL must start with http:// or https:// and name a "
+                                                f"host, got {s.details_url!r}"))
     # Only the OS install pairs with the download setting on iOS: InstallSecurityUpdate is a macOS-only key
     # (softwareupdate.settings.yaml), so auto_install_security is stored but never sent to an iOS device.
     why = INVALID_ACTION_PAIRS.get((s.auto_download, s.auto_install_os))
     if why:
-        errors.append(FieldError("auto_install_os", f"{s.auto_install_os} with auto_download {s.auto_download} "
-                                                    f"is rejected by devices (\"Invalid global settings "
-                                                    f"declaration\"): {why}"))
+        errors.append(FieldError("auto_install_os", f"Install OS updates can't be {ACTION_LABELS[s.auto_install_os]} "
+                                                    f"while Download is {ACTION_LABELS[s.auto_download]}: devices "
+                                                    f"reject it (\"Invalid global settings declaration\"); "
+                                                    f"{why}."))
     # softwareupdate.settings.yaml, Beta.OfferPrograms: "must only be present if the ProgramEnrollment
     # key is set to Allowed or AlwaysOn".
     if s.beta_programs and s.beta_enrollment == "AlwaysOff":
-        errors.append(FieldError("beta_programs", "offered beta programs are not allowed when beta_enrollment "
-                                                  "is AlwaysOff (Apple: OfferPrograms only with Allowed or "
-                                                  "AlwaysOn); remove the programs or allow enrollment"))
+        errors.append(FieldError("beta_programs", "Offered beta programs can't be set while Beta program enrollment "
+                                                  "is Always Off (AlwaysOff): Apple takes OfferPrograms only with "
+                                                  "Allowed or AlwaysOn. Remove the programs or allow enrollment."))
+    return errors
+
+
+def check_platform(data: Mapping, settings: PolicySettings, platform: str | None,
+                   base: PolicySettings | None) -> list[FieldError]:
+    """Refuse a macOS-only setting given for an iOS policy (iOS covers iPadOS). A value equal to Apple's
+    default, or unchanged from what is stored, is accepted so a read-modify-write round trip still works."""
+    if platform != "iOS":
+        return []
+    errors = []
+    for field, default in MACOS_ONLY_SETTINGS.items():
+        value = getattr(settings, field)
+        if field in data and value != default and (base is None or value != getattr(base, field)):
+            errors.append(FieldError(field, f"{label(field)} is macOS only: iOS and iPadOS devices have no such "
+                                            f"setting (Apple's InstallSecurityUpdate). Leave it "
+                                            f"{ACTION_LABELS[default]} ({default}) for an iOS & iPadOS policy."))
     return errors
 
 
 def validate_settings(data: Mapping, *, base: PolicySettings | None = None,
-                      exclude_policy_id: int | None = None) -> tuple[PolicySettings | None, list[FieldError]]:
+                      exclude_policy_id: int | None = None,
+                      platform: str | None = None) -> tuple[PolicySettings | None, list[FieldError]]:
     """Parse ``data`` (strings from forms/CLI or JSON values) over ``base`` (the current settings for an
-    edit, defaults for a new policy). Returns (settings, []) or (None, errors)."""
+    edit, defaults for a new policy). With ``platform`` ("iOS"), settings that platform lacks are refused.
+    Returns (settings, []) or (None, errors)."""
     errors: list[FieldError] = []
     unknown = sorted(set(data) - set(SETTING_FIELDS))
     for name in unknown:
-        errors.append(FieldError(name, "unknown field"))
+        errors.append(FieldError(name, f"{name} is not a policy setting (unknown field)"))
     values = asdict(base) if base else {}
     if base:
         values["beta_programs"] = base.beta_programs
@@ -241,12 +303,13 @@ def validate_settings(data: Mapping, *, base: PolicySettings | None = None,
     if errors:
         return None, errors
     settings = PolicySettings(**values)
-    errors = check_rules(settings)
+    errors = check_rules(settings) + check_platform(data, settings, platform, base)
     clash = PatchPolicy.query.filter(db.func.lower(PatchPolicy.name) == settings.name.lower())
     if exclude_policy_id is not None:
         clash = clash.filter(PatchPolicy.id != exclude_policy_id)
     if clash.first() is not None:
-        errors.insert(0, FieldError("name", f"a policy named {settings.name!r} already exists"))
+        errors.insert(0, FieldError("name", f"A policy named {settings.name!r} already exists; choose another "
+                                            f"name"))
     return (None, errors) if errors else (settings, [])
 
 
@@ -349,7 +412,7 @@ def _recompute(device_ids: set[int]) -> set[int]:
 
 def create_policy(data: Mapping, *, policy_group: PolicyGroup | None = None, platform: str = "iOS",
                   actor: str = "system", source: str | None = None) -> PatchPolicy:
-    settings, errors = validate_settings(data)
+    settings, errors = validate_settings(data, platform=platform)
     if errors:
         raise PolicyError(errors)
     policy = PatchPolicy(platform=platform, policy_group=policy_group)
@@ -365,15 +428,17 @@ def create_policy(data: Mapping, *, policy_group: PolicyGroup | None = None, pla
 def update_policy(ref, changes: Mapping, *, actor: str = "system", source: str | None = None) -> PatchPolicy:
     policy = require_policy(ref)
     before = settings_of(policy)
-    settings, errors = validate_settings(changes, base=before, exclude_policy_id=policy.id)
+    settings, errors = validate_settings(changes, base=before, exclude_policy_id=policy.id,
+                                         platform=policy.platform)
     if errors:
         raise PolicyError(errors)
     if settings == before:
         return policy
     _store(policy, settings)
     policy.updated_at = utcnow()
-    audit("patch_policy.update", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
-          before=before.to_dict(redact_tokens=True), after=settings.to_dict(redact_tokens=True))
+    audit_update("patch_policy.update", name=settings.name, actor=actor, source=source, object_type="patch_policy",
+                 object_id=policy.id, before=before.to_dict(redact_tokens=True),
+                 after=settings.to_dict(redact_tokens=True))
     db.session.commit()
     _recompute(devices_reached(policy.id))
     return policy

@@ -4,6 +4,10 @@
 tokens, the declaration items and each new or changed declaration over signed check-ins, evaluates them
 the way iOS does, and sends a status report. ``advance(device, now)`` moves simulated time: when an
 enforced update's deadline (device-local) has passed it installs the target and reports the new OS.
+The install steps (``start_install``, ``set_install_state``, ``fail_install``, ``finish_install``) are
+also used one by one by the kept-running fleet (``live.py``), which spreads them over simulated minutes
+and reports each step as an incremental status report (declarative/status/softwareupdate.*.yaml).
+Device-local time comes from the device's IANA time zone when it has one, else from a fixed offset.
 
 The device-side rules live here, written from Apple's schemas independently of the server's code, so a
 server bug shows up as an invalid declaration rather than being mirrored:
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import zoneinfo
 from dataclasses import dataclass, field
 
 from .device import KNOWN_BUILDS, SimulatorError
@@ -82,6 +87,7 @@ class Scheduled:
 class DeviceDDM:
     """What the simulated device holds and reports."""
     utc_offset: dt.timedelta = dt.timedelta(0)     # device-local time = UTC clock + offset
+    time_zone: str | None = None                   # IANA name; when set it wins over utc_offset
     declarations_token: str | None = None
     declarations: dict = field(default_factory=dict)        # identifier -> declaration as fetched
     evaluation: dict = field(default_factory=dict)          # identifier -> {"valid", "active", "reasons"}
@@ -99,9 +105,12 @@ class DeviceDDM:
     fetched: list = field(default_factory=list)             # endpoints fetched, in order
 
 
-def install(device, utc_offset_hours: float = 0) -> DeviceDDM:
-    """Register the DeclarativeManagement handler on ``device``; returns its DDM state (``device.ddm``)."""
-    device.ddm = DeviceDDM(utc_offset=dt.timedelta(hours=utc_offset_hours))
+def install(device, utc_offset_hours: float = 0, time_zone: str | None = None) -> DeviceDDM:
+    """Register the DeclarativeManagement handler on ``device``; returns its DDM state (``device.ddm``).
+    ``time_zone`` (IANA, e.g. "America/New_York") makes device-local time follow that zone, DST included."""
+    if time_zone is not None:
+        zoneinfo.ZoneInfo(time_zone)        # an unknown zone fails here, not at the first deadline
+    device.ddm = DeviceDDM(utc_offset=dt.timedelta(hours=utc_offset_hours), time_zone=time_zone)
     device.command_handlers["DeclarativeManagement"] = _handle_command
     return device.ddm
 
@@ -319,27 +328,70 @@ def _apply(device) -> None:
 
 # ---- time -----------------------------------------------------------------------------------------
 def local_now(device, now: dt.datetime | None = None) -> dt.datetime:
-    return (now or device.clock()) + device.ddm.utc_offset
+    """Device-local wall time (naive), from the naive-UTC device clock."""
+    now = now or device.clock()
+    zone = device.ddm.time_zone
+    if zone:
+        aware = now.replace(tzinfo=dt.timezone.utc).astimezone(zoneinfo.ZoneInfo(zone))
+        return aware.replace(tzinfo=None)
+    return now + device.ddm.utc_offset
+
+
+def deadline_passed(device, now: dt.datetime | None = None) -> bool:
+    state = device.ddm
+    return state.scheduled is not None and local_now(device, now) >= state.scheduled.deadline_local
 
 
 def advance(device, now: dt.datetime | None = None) -> bool:
     """At or after the scheduled deadline (device-local), install the target and report. Returns True
     when an install was attempted."""
-    state = device.ddm
-    if state.scheduled is None or local_now(device, now) < state.scheduled.deadline_local:
+    if not deadline_passed(device, now):
         return False
-    target = state.scheduled
-    state.install_state = "installing"
-    state.install_reasons = ["declaration"]
-    state.install_declaration = target.identifier
-    report_status(device, full=False, only={"softwareupdate.install-state", "softwareupdate.install-reason"})
-    if state.fail_install_with:
-        state.failure_count += 1
-        state.failure_reason = state.fail_install_with
-        state.fail_install_with = None
-        state.install_state = "failed"
-        report_status(device)
+    start_install(device, "declaration", "installing")
+    if device.ddm.fail_install_with:
+        fail_install(device, device.ddm.fail_install_with)
+        device.ddm.fail_install_with = None
         return True
+    finish_install(device)
+    return True
+
+
+# ---- install steps --------------------------------------------------------------------------------
+_STEP_ITEMS = {"softwareupdate.install-state", "softwareupdate.install-reason"}
+
+
+def start_install(device, reason: str, install_state: str = "downloading") -> None:
+    """Begin installing the scheduled target. ``reason`` is one of install-reason.yaml's values
+    (notification, install-tonight, system-settings, declaration...); reports install-state and reason."""
+    state = device.ddm
+    if state.scheduled is None:
+        raise SimulatorError("no scheduled update to install")
+    state.install_state = install_state
+    state.install_reasons = [reason]
+    # declaration-id is present only when the reason is "declaration" (install-reason.yaml).
+    state.install_declaration = state.scheduled.identifier if reason == "declaration" else None
+    report_status(device, full=False, only=_STEP_ITEMS)
+
+
+def set_install_state(device, install_state: str) -> None:
+    """downloading -> prepared -> installing (install-state.yaml), reported as it changes."""
+    device.ddm.install_state = install_state
+    report_status(device, full=False, only={"softwareupdate.install-state"})
+
+
+def fail_install(device, reason: str) -> None:
+    """The attempt failed: count it, keep the reason (failure-reason.yaml), report."""
+    state = device.ddm
+    state.failure_count += 1
+    state.failure_reason = reason
+    state.install_state = "failed"
+    report_status(device)
+
+
+def finish_install(device) -> None:
+    """The device restarted on the target: new OS and build, nothing pending, full status report."""
+    state = device.ddm
+    target = state.scheduled
     device.os_version = target.target_version
     device.build_version = target.target_build or KNOWN_BUILDS.get(target.target_version) or "SIM" + \
         target.target_version.replace(".", "")
@@ -348,7 +400,6 @@ def advance(device, now: dt.datetime | None = None) -> bool:
     # The declaration is satisfied: iOS keeps it valid and stops enforcing it.
     state.scheduled = None
     report_status(device)
-    return True
 
 
 # ---- status ---------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ KNOWN_BUILDS = {
     "16.7.10": "20H350", "17.4": "21E219", "17.5": "21F79", "17.5.1": "21F90", "17.6": "21G80",
     "17.7": "21H16", "18.0": "22A3354", "18.1": "22B83", "18.5": "22F76", "18.6": "22G86",
     "26.0": "23A341", "26.5": "23F77", "26.6": "23G71",
+    # Targets in the packaged feed (mdm/ddm/data/gdmf-pmv.json), for the build reported after an install.
+    "17.7.11": "21H461", "18.7.8": "22H352", "18.7.9": "22H355", "18.7.10": "22H374",
+    "26.5.1": "23F81", "26.5.2": "23F84", "26.6.1": "23G83",
 }
 
 MARKETING_MODELS = {"iPhone": "MQ0G3LL/A", "iPad": "MK2K3LL/A"}
@@ -47,6 +50,7 @@ class DeviceProfile:
     build_version: str | None = None
     supervised: bool = True
     device_name: str | None = None
+    time_zone: str | None = None      # IANA name answered to DeviceInformation "TimeZone" (iOS 14+)
 
     def resolved_build(self) -> str:
         return self.build_version or KNOWN_BUILDS.get(self.os_version) or "21F79"
@@ -189,6 +193,7 @@ class SimulatedDevice:
             "Model": MARKETING_MODELS[self.model_name], "ProductName": self.product_name,
             "SerialNumber": self.serial_number, "IsSupervised": self.supervised,
             "SoftwareUpdateDeviceID": self.product_name,
+            **({"TimeZone": self.profile.time_zone} if self.profile.time_zone else {}),
         }
 
     def close(self) -> None:

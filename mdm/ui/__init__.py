@@ -1,4 +1,5 @@
-"""Admin web UI (HTMX) and the JSON API: blueprints, login, CSRF, access rules, first-run account."""
+"""Admin web UI (HTMX) and the JSON API: blueprints, login, CSRF, access rules, error pages (styled 404/500
+for admin pages, JSON for the API, device-facing routes untouched: ``error_pages``), first-run account."""
 from __future__ import annotations
 
 import os
@@ -38,6 +39,8 @@ def init_ui(app) -> None:
 
     from .templating import init_templating
     init_templating(app)
+    from .error_pages import init_error_pages
+    init_error_pages(app)
     app.extensions.setdefault("mdm_init_hooks", []).append(ensure_first_admin)
 
 

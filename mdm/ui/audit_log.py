@@ -1,6 +1,13 @@
-"""The audit log: every admin change and every device authentication failure, filterable."""
+"""The audit log: every admin change and every device authentication failure, filterable.
+
+An update entry (action ``*.update``) shows the object's name and each changed field as
+"label: before → after" (the policy form's labels for patch policies). Entries are written that way
+(``mdm.models.audit_update``: changed fields only, the name in ``detail``); older entries that stored
+the whole object are diffed here, so they read the same.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Blueprint, render_template, request
@@ -13,6 +20,55 @@ from .access import is_htmx, requires
 
 bp = Blueprint("audit_log", __name__, url_prefix="/audit")
 PAGE_SIZE = 100
+
+
+@dataclass
+class FieldChange:
+    field: str
+    label: str
+    before: object
+    after: object
+
+
+def is_update(event: AuditEvent) -> bool:
+    return event.action.endswith(".update") and isinstance(event.before, dict) and isinstance(event.after, dict)
+
+
+def changes_of(event: AuditEvent) -> list[FieldChange]:
+    """The fields an update changed, in the words of the object's form."""
+    labels = _labels_for(event.object_type)
+    before, after = event.before or {}, event.after or {}
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return [FieldChange(k, labels.get(k, k.replace("_", " ")), before.get(k), after.get(k)) for k in keys]
+
+
+def name_of(event: AuditEvent) -> str | None:
+    """The object's name: ``detail`` for entries written by ``audit_update``, else the stored object's name."""
+    if event.detail:
+        return event.detail
+    for data in (event.after, event.before):
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            return data["name"]
+    return None
+
+
+def _labels_for(object_type: str | None) -> dict:
+    if object_type == "patch_policy":
+        from ..ddm.policies import FIELD_LABELS
+        return FIELD_LABELS
+    return {}
+
+
+def shown(value) -> str:
+    """A changed value as text: JSON for lists and mappings, "—" for nothing."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, dict)):
+        import json
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _date(raw: str | None, errors: list, name: str) -> datetime | None:
@@ -54,7 +110,8 @@ def index():
                                 .offset((page - 1) * PAGE_SIZE)).scalars().all()
     actions = [a for (a,) in db.session.execute(select(AuditEvent.action).distinct().order_by(AuditEvent.action))]
     context = {"events": events, "total": total, "page": page, "pages": max(1, -(-total // PAGE_SIZE)),
-               "actions": actions, "args": args, "errors": errors}
+               "actions": actions, "args": args, "errors": errors, "is_update": is_update,
+               "changes_of": changes_of, "name_of": name_of, "shown": shown}
     if is_htmx() and request.headers.get("HX-Target") == "audit-table":
         return render_template("ui/_audit_table.html", **context)
     return render_template("ui/audit.html", **context)

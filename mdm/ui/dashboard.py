@@ -1,4 +1,5 @@
-"""Dashboard: fleet figures, patch compliance per policy with a chart, deadlines, push certificate."""
+"""Dashboard: fleet figures, patch compliance per policy with a chart, deadlines, push certificate (with a
+warning from ``pushcert.RENEW_WARNING_DAYS`` days before it expires)."""
 from __future__ import annotations
 
 from datetime import timedelta

@@ -8,7 +8,7 @@ from ..extensions import db
 from ..models import Command, Device, DeviceCertificate, DeviceGroup, audit
 from . import current_actor, current_source
 from .access import is_htmx, requires
-from .device_query import PATCH_STATES, DeviceFilters, device_page, filter_choices
+from .device_query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
 from .group_ops import GroupError, add_members
 from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_bulk_command, queue_device_command
 from .device_facts import declarations_for, policy_results_for
@@ -20,12 +20,20 @@ bp = Blueprint("devices", __name__, url_prefix="/devices")
 @requires(Role.ReadOnly)
 def index():
     filters = DeviceFilters.from_args(request.args)
-    page = device_page(filters)
-    context = {"filters": filters, "page": page, "groups": DeviceGroup.query.order_by(DeviceGroup.name).all(),
-               "choices": filter_choices(), "patch_states": PATCH_STATES, "commands": ADMIN_COMMANDS}
+    page = device_page(filters, with_patch=True)
+    groups = DeviceGroup.query.order_by(DeviceGroup.name).all()
+    context = {"filters": filters, "page": page, "groups": groups, "choices": filter_choices(),
+               "patch_states": PATCH_STATES, "commands": ADMIN_COMMANDS, "platform_choices": PLATFORM_CHOICES,
+               "chips": filters.chips({g.id: g.name for g in groups}, _policy_names(filters.policy))}
     if is_htmx() and request.headers.get("HX-Target") == "device-table":
         return render_template("ui/devices/_table.html", **context)
     return render_template("ui/devices/index.html", **context)
+
+
+def _policy_names(policy_id: int | None) -> dict:
+    from ..ddm.models import PatchPolicy
+    policy = db.session.get(PatchPolicy, policy_id) if policy_id else None
+    return {policy.id: policy.name} if policy else {}
 
 
 @bp.route("/bulk", methods=["POST"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..ddm import groups as service
 from ..ddm.groups import GroupError  # noqa: F401  (re-exported: callers catch it from here)
-from ..models import DeviceGroup, audit
+from ..models import DeviceGroup, audit_update
 
 
 def create_group(name: str, description: str = "", *, actor: str, source: str | None = None) -> DeviceGroup:
@@ -19,8 +19,9 @@ def update_group(group: DeviceGroup, name: str, description: str | None = None, 
     if description is not None and description.strip()[:1024] != group.description:
         before = {"description": group.description}
         group.description = description.strip()[:1024]
-        audit("device_group.update", actor=actor, source=source, object_type="device_group", object_id=group.id,
-              before=before, after={"description": group.description})
+        audit_update("device_group.update", name=group.name, actor=actor, source=source,
+                     object_type="device_group", object_id=group.id, before=before,
+                     after={"description": group.description})
     return group
 
 

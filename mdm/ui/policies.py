@@ -11,15 +11,17 @@ from ..models import Device, DeviceGroup
 from . import current_actor, current_source
 from .access import is_htmx, redirect_after_change, requires
 from .device_query import DeviceFilters, device_page
-from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, errors_by_field,
-                          form_to_data, programs_text)
+from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, MACOS_ONLY_SETTINGS,
+                          errors_by_field, form_to_data, platform_label)
 from .policy_stats import compliance_by_policy, scope_by_policy
 from .rooms import NotAvailable, service
 
 bp = Blueprint("policies", __name__)
 
-PLATFORMS = (("iOS", True), ("iPadOS", False), ("macOS", False), ("tvOS", False), ("watchOS", False),
-             ("visionOS", False))
+# (key in URLs and the database, what the UI calls it, available). iPhone and iPad are one platform:
+# Apple's declarations treat iPadOS as iOS, so one policy covers both.
+PLATFORMS = (("iOS", "iOS & iPadOS", True), ("macOS", "macOS", False), ("tvOS", "tvOS", False),
+             ("watchOS", "watchOS", False), ("visionOS", "visionOS", False))
 
 
 def _ddm():
@@ -42,7 +44,9 @@ def _policy_or_404(policy_id: int):
 def _form_context(policy=None, settings=None, errors=None, **extra) -> dict:
     return {"policy": policy, "s": settings, "errors": errors or {}, "labels": FIELD_LABELS,
             "action_choices": ACTION_CHOICES, "beta_choices": BETA_CHOICES, "cadence_choices": CADENCE_CHOICES,
-            "programs_text": programs_text(settings.beta_programs if settings else ()),
+            "programs": [tuple(p) for p in (settings.beta_programs if settings else ())],
+            "platform_label": platform_label(policy.platform if policy else "iOS"),
+            "macos_only": MACOS_ONLY_SETTINGS,
             "editable": current_user.has_role(Role.Manager), **extra}
 
 
@@ -50,9 +54,11 @@ def _form_context(policy=None, settings=None, errors=None, **extra) -> dict:
 @requires(Role.ReadOnly)
 def index():
     platform = request.args.get("platform", "iOS")
+    platform = "iOS" if platform == "iPadOS" else platform   # one platform in the UI
     policies = _ddm().list_policies()
     from ..ddm.models import PolicyGroup
     return render_template("ui/policies/index.html", platform=platform, platforms=PLATFORMS,
+                           platform_label=platform_label(platform),
                            policies=[p for p in policies if p.platform == platform],
                            any_policy=bool(policies), any_group=PolicyGroup.query.count() > 0,
                            scope=scope_by_policy(), compliance=compliance_by_policy())
@@ -69,7 +75,7 @@ def choose_platform():
 def new(platform):
     if platform != "iOS":
         return render_template("ui/policies/choose.html", platforms=PLATFORMS,
-                               error=f"{platform} patch policies are not available yet."), 404
+                               error=f"{platform_label(platform)} patch policies are not available yet."), 404
     policies = _ddm()
     settings = policies.PolicySettings(name=policies.default_policy_name())
     return render_template("ui/policies/form.html", **_form_context(None, settings, tab="settings",
@@ -124,7 +130,7 @@ def validate():
     if policy_id:
         base = policies.settings_of(_policy_or_404(policy_id))
     data = form_to_data(request.form)
-    _settings, errors = policies.validate_settings(data, base=base, exclude_policy_id=policy_id)
+    _settings, errors = policies.validate_settings(data, base=base, exclude_policy_id=policy_id, platform="iOS")
     return render_template("ui/policies/_errors_oob.html", errors=errors_by_field(errors), labels=FIELD_LABELS)
 
 
@@ -236,14 +242,19 @@ def preview():
     policy = _policy_or_404(policy_id) if policy_id else None
     base = policies.settings_of(policy) if policy else None
     settings, errors = policies.validate_settings(form_to_data(request.form), base=base,
-                                                  exclude_policy_id=policy_id)
+                                                  exclude_policy_id=policy_id, platform="iOS")
     if errors:
         return render_template("ui/policies/_preview.html", device=device,
-                               error="Fix the highlighted fields first: " + "; ".join(map(str, errors))), 422
+                               error="Fix the highlighted fields first: " + " ".join(_sentence(e.message)
+                                                                                     for e in errors)), 422
     result = preview_for(device, settings, policy)
     if not current_user.has_role(Role.Manager):
         _redact_beta_tokens(result.declarations)
     return render_template("ui/policies/_preview.html", device=device, preview=result)
+
+
+def _sentence(message: str) -> str:
+    return message if message.endswith(".") else message + "."
 
 
 def _redact_beta_tokens(declarations) -> None:

@@ -1,10 +1,17 @@
 """The patch policy form: HTML form fields <-> the DDM room's ``validate_settings`` input.
 
 Field names are the ``PolicySettings`` attribute names, so the errors the DDM service returns (which
-name those attributes) land next to the right input. Validation itself is the DDM service's, the same
-for the form, the API and the CLI.
+carry those attribute names) land next to the right input; the messages themselves are already in the
+form's words (the DDM room's ``FIELD_LABELS``). Validation itself is the DDM service's, the same for the
+form, the API and the CLI.
+
+Beta programs are rows of two inputs, ``beta_description`` and ``beta_token`` (repeated, in order); a
+row with both blank is ignored, a half-filled row is passed on for the service to refuse by number.
 """
 from __future__ import annotations
+
+from ..ddm.policies import ACTION_LABELS, BETA_LABELS, CADENCE_LABELS
+from ..ddm.policies import FIELD_LABELS, MACOS_ONLY_SETTINGS  # noqa: F401  (re-exported for the form's views)
 
 # The dependent fields: only submitted (and shown) while enforcement is on; when it is off they keep
 # their stored values so switching enforcement back on restores them.
@@ -14,20 +21,15 @@ RADIOS = ("notifications_all", "stay_on_major")
 PLAIN = ("name", "deferral_days", "cadence", "auto_download", "auto_install_os", "auto_install_security",
          "beta_enrollment") + ENFORCEMENT_FIELDS
 
-ACTION_CHOICES = (("Allowed", "User Controlled"), ("AlwaysOn", "Always On"), ("AlwaysOff", "Always Off"))
-BETA_CHOICES = (("Allowed", "User Allowed"), ("AlwaysOn", "Always On"), ("AlwaysOff", "Always Off"))
-CADENCE_CHOICES = (("All", "All versions"), ("Oldest", "Oldest only"), ("Newest", "Newest only"))
+ACTION_CHOICES = tuple(ACTION_LABELS.items())
+BETA_CHOICES = tuple(BETA_LABELS.items())
+CADENCE_CHOICES = tuple(CADENCE_LABELS.items())
+# The platform a policy is for, as the UI names it: iPadOS is iOS to Apple's declarations.
+PLATFORM_LABELS = {"iOS": "iOS & iPadOS"}
 
-FIELD_LABELS = {
-    "name": "Name", "deferral_days": "Defer OS updates (days)", "enforce": "Enforce automatic updates",
-    "grace_days": "Grace period (days)", "local_time": "Local device time", "details_url": "Details URL",
-    "notifications_all": "Notifications", "cadence": "Recommended cadence",
-    "auto_download": "Download new updates when available", "auto_install_os": "Install OS updates",
-    "auto_install_security": "Install security responses and system files",
-    "rsr_offer": "Offer Rapid Security Responses", "rsr_rollback": "Allow rollback",
-    "beta_enrollment": "Beta program enrollment", "beta_programs": "Offered beta programs",
-    "stay_on_major": "Major upgrades",
-}
+
+def platform_label(platform: str | None) -> str:
+    return PLATFORM_LABELS.get(platform or "", platform or "")
 
 
 def form_to_data(form) -> dict:
@@ -45,28 +47,20 @@ def form_to_data(form) -> dict:
     for name in RADIOS:
         if name in form:
             data[name] = form.get(name)
-    if "beta_programs" in form:
-        data["beta_programs"] = parse_programs(form.get("beta_programs", ""))
+    if "beta_description" in form or "beta_token" in form or "beta_rows" in form:
+        data["beta_programs"] = programs_from_rows(form.getlist("beta_description"), form.getlist("beta_token"))
     return data
 
 
-def parse_programs(text: str) -> list:
-    """One program a line, "Description = token"; a line without "=" is passed on for the service to refuse."""
-    programs = []
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if "=" in line:
-            description, token = (part.strip() for part in line.split("=", 1))
-            programs.append([description, token])
-        else:
-            programs.append(line)
-    return programs
-
-
-def programs_text(programs) -> str:
-    return "\n".join(f"{d} = {t}" for d, t in (programs or ()))
+def programs_from_rows(descriptions: list[str], tokens: list[str]) -> list[list[str]]:
+    """[[description, token], ...] from the Description + Token rows; fully blank rows are dropped."""
+    rows = []
+    for i in range(max(len(descriptions), len(tokens))):
+        description = (descriptions[i] if i < len(descriptions) else "").strip()
+        token = (tokens[i] if i < len(tokens) else "").strip()
+        if description or token:
+            rows.append([description, token])
+    return rows
 
 
 def errors_by_field(errors) -> dict[str, list[str]]:

@@ -51,7 +51,7 @@ def preview_for(device, settings, policy=None) -> Preview:
                      deadline_local=out.deadline_local, deadline_utc=None, reason=out.reason,
                      compliant=out.compliant, conflicts=())
     if not device.runs_ios:
-        out.notes.append(f"{device.platform} device: iOS patch policies do not apply to it")
+        out.notes.append(f"{device.platform} device: iOS & iPadOS patch policies do not apply to it")
         return out
     for build in (decl.software_update_settings, decl.enforcement_specific):
         built = build(device, plan)

@@ -1,5 +1,10 @@
-"""Settings: server URL, push certificate (CSR, upload, expiry), CA, Apple release feed with "Sync
-now", and the recomputation schedule. Changes here are Administrator-only."""
+"""Settings: server URL, push certificate, CA, Apple release feed with "Sync now", and the
+recomputation schedule. Changes here are Administrator-only and audited (by the services they call).
+
+The push certificate card walks through the four steps of ``mdm.pushcert`` in order: choose a route
+(own vendor .p12, or the configured CSR-signing service), get the request for Apple (downloaded, or
+decrypted from the service's e-mailed reply), upload it at identity.apple.com, install the returned
+certificate (a different topic is refused unless explicitly allowed). It shows topic, expiry and days left."""
 from __future__ import annotations
 
 import threading
@@ -15,7 +20,8 @@ from .rooms import service
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
-PUSH_WARNING_DAYS = 30
+MAX_UPLOAD_BYTES = 1024 * 1024
+REQUEST_DOWNLOAD_NAME = "push-request.b64"
 
 # One catalog sync at a time per app; its progress is what the "Sync now" fragment polls.
 _sync_lock = threading.Lock()
@@ -58,11 +64,25 @@ def _push_status() -> dict | None:
         return {"error": str(exc)}
 
 
+def _push_step(push: dict | None) -> int:
+    """The step the operator is at: 1 choose a route, 2 wait for the service's reply, 3 upload at Apple
+    and install the certificate it returns."""
+    pending = (push or {}).get("pending")
+    if not pending:
+        return 1
+    return 3 if pending["request_ready"] else 2
+
+
 @bp.route("")
 @requires(Role.ReadOnly)
 def index(push_error: str | None = None, status_code: int = 200):
-    return render_template("ui/settings.html", push=_push_status(), push_warning_days=PUSH_WARNING_DAYS,
-                           push_error=push_error, ca=_ca_details(), catalog=_catalog_status(),
+    from ..pushcert import RENEW_WARNING_DAYS, signing_service_settings
+    from ..push_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
+    push = _push_status()
+    return render_template("ui/settings.html", push=push, push_warning_days=RENEW_WARNING_DAYS,
+                           push_step=_push_step(push), signing_service=signing_service_settings(),
+                           apple_portal_url=APPLE_PORTAL_URL, apple_wwdr_url=APPLE_WWDR_URL,
+                           apple_root_url=APPLE_ROOT_URL, push_error=push_error, ca=_ca_details(), catalog=_catalog_status(),
                            sync=dict(_sync_state()), schedule=_schedule(),
                            feed_url=current_app.config.get("CATALOG_URL") or _default_feed_url(),
                            scheduler_enabled=current_app.config.get("SCHEDULER_ENABLED")), status_code
@@ -86,24 +106,97 @@ def push_csr():
                     headers={"Content-Disposition": "attachment; filename=mdm-push.csr"})
 
 
+@bp.route("/push/vendor-request", methods=["POST"])
+@requires(Role.Administrator)
+def push_vendor_request():
+    """Route 1: a new push key, its CSR signed with the uploaded vendor .p12; downloads Apple's request."""
+    from ..pushcert import PushCertError, create_vendor_request
+    p12, error = _uploaded("vendor_p12", "your vendor certificate (.p12)")
+    if error:
+        return error
+    chain = None
+    if request.files.get("apple_chain") and request.files["apple_chain"].filename:
+        chain, error = _uploaded("apple_chain", "Apple's chain (PEM)")
+        if error:
+            return error
+    try:
+        data = create_vendor_request(p12, request.form.get("vendor_password") or None, chain, actor=current_actor())
+    except PushCertError as exc:
+        return index(push_error=str(exc), status_code=422)
+    return _request_download(data)
+
+
+@bp.route("/push/submit", methods=["POST"])
+@requires(Role.Administrator)
+def push_submit():
+    """Route 2: send a new CSR and our encryption certificate to the configured signing service."""
+    from ..pushcert import PushCertError, submit_to_signing_service
+    try:
+        sent = submit_to_signing_service(request.form.get("email") or None, actor=current_actor())
+    except PushCertError as exc:
+        return index(push_error=str(exc), status_code=422)
+    flash(f"Request sent to {sent['url']}. Upload the file its e-mail to {sent['email']} carries (step 2).")
+    return redirect_after_change(url_for("settings.index", _anchor="push"))
+
+
+@bp.route("/push/decrypt", methods=["POST"])
+@requires(Role.Administrator)
+def push_decrypt():
+    """Route 2: open the service's e-mailed reply with the pending key; downloads Apple's request."""
+    from ..pushcert import PushCertError, open_signing_service_reply
+    data, error = _uploaded("reply", "the file attached to the signing service's e-mail")
+    if error:
+        return error
+    try:
+        request_b64 = open_signing_service_reply(data, actor=current_actor())
+    except PushCertError as exc:
+        return index(push_error=str(exc), status_code=422)
+    return _request_download(request_b64)
+
+
+@bp.route("/push/request")
+@requires(Role.Administrator)
+def push_request_download():
+    """The request made for the pending key, again (nothing secret in it)."""
+    from ..pushcert import pending_request
+    data = pending_request()
+    if data is None:
+        return index(push_error="No request for Apple is waiting: start at step 1.", status_code=404)
+    return _request_download(data)
+
+
+def _request_download(data: bytes) -> Response:
+    return Response(data, mimetype="application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename={REQUEST_DOWNLOAD_NAME}"})
+
+
+def _uploaded(field: str, what: str):
+    """(bytes, None) or (None, the page with the reason)."""
+    upload = request.files.get(field)
+    if upload is None or not upload.filename:
+        return None, index(push_error=f"Choose {what} to upload.", status_code=422)
+    data = upload.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        return None, index(push_error=f"That file is too large for {what}.", status_code=413)
+    return data, None
+
+
 @bp.route("/push/certificate", methods=["POST"])
 @requires(Role.Administrator)
 def push_upload():
     from ..pushcert import PushCertError, install_certificate
-    upload = request.files.get("certificate")
-    if upload is None or not upload.filename:
-        return index(push_error="Choose the certificate file (PEM, DER or .p12) to upload.", status_code=422)
-    data = upload.read(1024 * 1024 + 1)
-    if len(data) > 1024 * 1024:
-        return index(push_error="That file is too large for a certificate.", status_code=413)
+    data, error = _uploaded("certificate", "the certificate file (PEM, DER or .p12)")
+    if error:
+        return error
     try:
         status = install_certificate(data, request.form.get("password") or None,
                                      allow_topic_change=request.form.get("allow_topic_change") == "yes",
                                      actor=current_actor())
     except PushCertError as exc:
         return index(push_error=str(exc), status_code=422)
-    flash(f"Push certificate installed: topic {status['topic']}, valid until {status['not_after']:%Y-%m-%d}.")
-    return redirect_after_change(url_for("settings.index"))
+    flash(f"Push certificate installed: topic {status['topic']}, valid until {status['not_after']:%Y-%m-%d} "
+          f"({status['days_left']} days).")
+    return redirect_after_change(url_for("settings.index", _anchor="push"))
 
 
 @bp.route("/catalog/sync", methods=["POST"])

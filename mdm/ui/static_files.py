@@ -1,4 +1,5 @@
-"""Static files: our stylesheet, and htmx served from the installed package (never a CDN, never a copy)."""
+"""Static files: our stylesheet, script and icon, and htmx served from the installed package (never a CDN,
+never a copy). ``/favicon.ico`` is answered at the root too, where browsers ask for it unprompted."""
 from __future__ import annotations
 
 import importlib.util
@@ -31,3 +32,9 @@ def own_static(filename):
     if not (OWN_STATIC / filename).is_file():
         abort(404)
     return send_from_directory(OWN_STATIC, filename, max_age=3600)
+
+
+@bp.route("/favicon.ico")
+@public
+def favicon():
+    return send_from_directory(OWN_STATIC, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400)

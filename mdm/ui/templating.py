@@ -43,9 +43,11 @@ def init_templating(app) -> None:
     app.jinja_env.filters["dt"] = format_dt
     app.jinja_env.filters["ago"] = ago
 
+    from .device_facts import state_badge
+
     @app.context_processor
     def _helpers():
-        return {"can": can, "Role": Role, "now_utc": utcnow}
+        return {"can": can, "Role": Role, "now_utc": utcnow, "state_badge": state_badge}
 
     from .push_banner import init_push_banner
     init_push_banner(app)
