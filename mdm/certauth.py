@@ -5,12 +5,20 @@ Two ways in, like NanoMDM's certauth:
   detached, over the exact request body, signed by the device identity our SCEP CA issued;
 - optionally, a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
 
-Then the binding: Authenticate binds the certificate (SHA-256 fingerprint) to the device's UDID; every
-later request must come with a certificate bound to that UDID, or with a renewal our CA issued for the
-same device (same subject as a certificate already bound), which is bound then.
+Then the binding (``DeviceCertificate``, by SHA-256 fingerprint). A certificate becomes a device's identity
+in exactly two ways:
+- Authenticate with a certificate our SCEP service issued and no device holds: a new enrollment. The
+  certificates the device held before are retired (``retired_at``) and refused from then on, everywhere.
+- a SCEP RenewalReq signed by the device's currently bound (not retired) certificate: the SCEP service
+  records the signer (``IssuedCertificate.renewed_from_sha256``); on the renewal's first use by that
+  device it is bound and its predecessor retired.
+Never by subject: two certificates with the same subject are unrelated here (the SCEP service takes the
+subject from the enrollment's challenge anyway, mdm/enroll/scep.py). A retired certificate is never
+bound again, not even by Authenticate.
 
-Every refusal is an ``AuthError`` with a reason a person can act on; the HTTP layer answers 400.
-Nothing secret (signatures, keys, whole certificates) goes into the reason.
+Every refusal is an ``AuthError`` with a reason a person can act on and, once the message is read, the
+UDID it claimed (``udid``); the HTTP layer audits it (``device.auth_failed``) and answers 400. Nothing
+secret (signatures, keys, whole certificates) goes into the reason.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .extensions import db
-from .models import Device, DeviceCertificate, IssuedCertificate
+from .models import Device, DeviceCertificate, IssuedCertificate, audit, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,12 @@ _HASHLIB = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sh
 
 
 class AuthError(Exception):
-    """The request is not authenticated or not authorised for this device; ``str(exc)`` is the reason."""
+    """The request is not authenticated or not authorised for this device; ``str(exc)`` is the reason,
+    ``udid`` the device the request claimed to be (None when it was refused before it was read)."""
+
+    def __init__(self, reason: str, udid: str | None = None):
+        super().__init__(reason)
+        self.udid = udid
 
 
 @dataclass
@@ -302,26 +315,33 @@ def identify(config, remote_addr: str | None, headers, body: bytes, ca_cert: x50
 
 def authorize(identity: Identity, udid: str, *, enrolling: bool) -> Device | None:
     """Check the certificate may speak for ``udid``. Returns the device (None only when ``enrolling`` and
-    the device is new). Raises AuthError. A renewal is bound here; for Authenticate call ``bind`` once
-    the device row exists."""
+    the device is new). Raises AuthError (with ``udid``). A renewal is bound here (its predecessor
+    retired); for Authenticate call ``bind_new_enrollment`` once the device row exists."""
     issued = _issued_record(identity)
     if issued is None:
-        raise AuthError("signer certificate was not issued by our SCEP service")
+        raise AuthError("signer certificate was not issued by our SCEP service", udid)
     bound = DeviceCertificate.query.filter_by(sha256=identity.sha256).one_or_none()
     device = Device.query.filter_by(udid=udid).one_or_none()
     if bound is not None:
         if device is None or bound.device_id != device.id:
-            raise AuthError("certificate is bound to another device")
+            raise AuthError("certificate is bound to another device", udid)
+        if bound.retired_at is not None:
+            raise AuthError("certificate was replaced by a newer one for this device "
+                            "(re-enrollment or renewal); it is no longer accepted", udid)
         return device
     if enrolling:
         return device            # Authenticate: the certificate is bound to this UDID next
     if device is None:
-        raise AuthError("unknown device: Authenticate first")
-    if _is_renewal_for(identity, issued, device):
-        bind(identity, device)
-        log.info("renewed identity certificate for %s", device.udid)
-        return device
-    raise AuthError("certificate is not bound to this device")
+        raise AuthError("unknown device: Authenticate first", udid)
+    predecessor = _bound_predecessor(issued, device)
+    if predecessor is None:
+        raise AuthError("certificate is not bound to this device", udid)
+    bind(identity, device)
+    predecessor.retired_at = utcnow()
+    audit("device.certificate_renewed", actor="device", object_type="device", object_id=device.udid,
+          detail=f"certificate {identity.sha256[:16]} renews {predecessor.sha256[:16]}, now retired")
+    log.info("renewed identity certificate for %s", device.udid)
+    return device
 
 
 def _issued_record(identity: Identity) -> IssuedCertificate | None:
@@ -330,16 +350,12 @@ def _issued_record(identity: Identity) -> IssuedCertificate | None:
         IssuedCertificate.sha256.in_([identity.sha256, identity.sha256.upper()])).first()
 
 
-def _is_renewal_for(identity: Identity, issued: IssuedCertificate, device: Device) -> bool:
-    """A certificate our CA issued as a renewal of one bound to this device: either the SCEP service
-    recorded which certificate signed the RenewalReq (``renewed_from_sha256``), or it carries the same
-    subject as a bound one (renewal keeps the subject, and our enrollment subjects are unique per profile
-    download, CN=mdm-device-<uuid>, so the subject names the enrollment)."""
-    bound = DeviceCertificate.query.filter_by(device_id=device.id)
-    renewed_from = (getattr(issued, "renewed_from_sha256", None) or "").lower()
-    if renewed_from and bound.filter_by(sha256=renewed_from).first() is not None:
-        return True
-    return bound.filter_by(subject=identity.subject[:255]).first() is not None
+def _bound_predecessor(issued: IssuedCertificate, device: Device) -> DeviceCertificate | None:
+    """The device's current certificate that signed the SCEP RenewalReq this certificate was issued for."""
+    renewed_from = (issued.renewed_from_sha256 or "").lower()
+    if not renewed_from:
+        return None
+    return DeviceCertificate.query.filter_by(device_id=device.id, sha256=renewed_from, retired_at=None).first()
 
 
 def bind(identity: Identity, device: Device) -> DeviceCertificate:
@@ -353,3 +369,16 @@ def bind(identity: Identity, device: Device) -> DeviceCertificate:
         log.info("bound certificate %s to device %s", identity.sha256[:16], device.udid)
     return row
 
+
+def bind_new_enrollment(identity: Identity, device: Device) -> list[str]:
+    """Authenticate: bind this certificate and retire every other certificate of the device (they belong
+    to its previous enrollment). Returns the fingerprints retired (in the current transaction)."""
+    bind(identity, device)
+    now = utcnow()
+    retired = []
+    for row in DeviceCertificate.query.filter(DeviceCertificate.device_id == device.id,
+                                              DeviceCertificate.sha256 != identity.sha256,
+                                              DeviceCertificate.retired_at.is_(None)):
+        row.retired_at = now
+        retired.append(row.sha256)
+    return retired

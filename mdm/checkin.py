@@ -3,6 +3,14 @@
 Schemas: apple-schema/mdm/checkin/*.yaml. Each handler validates the keys it uses (a bad message is a
 ``ProtocolError`` -> 400 and nothing is stored), changes the device in the caller's transaction, and
 returns a ``Reply``. The HTTP layer (mdm/protocol.py) authenticates and commits.
+
+Topic: Authenticate, TokenUpdate and CheckOut must carry ``Topic`` (their schemas require it); any other
+message that carries one is checked too. A Topic that is not our push topic is refused (400, audited as
+``device.topic_refused`` with the claimed UDID) before the certificate is looked at or anything changes.
+
+Authenticate starts a new enrollment: the certificate is bound, the device's other certificates are
+retired (mdm/certauth.py), its waiting commands are cancelled (mdm/queue.py), as NanoMDM does, and the
+record of the declaration set served to the old enrollment is dropped (the DDM room serves a fresh one).
 """
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ import re
 from dataclasses import dataclass
 
 from . import certauth, queue
+from .ddm.state_models import DeclarationSet
 from .extensions import db
-from .models import Device, utcnow
+from .models import Device, audit, utcnow
 from .plistio import PlistError, dumps, optional, require
 from .signals import device_checked_out, device_enrolled, device_facts_changed
 
@@ -26,11 +35,15 @@ INITIAL_COMMANDS = ("DeviceInformation", "SecurityInfo", "ProfileList")
 
 
 class ProtocolError(Exception):
-    """A message we refuse. ``status`` is the HTTP answer (400 unless said otherwise)."""
+    """A message we refuse. ``status`` is the HTTP answer (400 unless said otherwise). With ``audit_action``
+    the HTTP layer also writes an audit event naming ``udid`` (the device the message claimed to be)."""
 
-    def __init__(self, reason: str, status: int = 400):
+    def __init__(self, reason: str, status: int = 400, *, audit_action: str | None = None,
+                 udid: str | None = None):
         super().__init__(reason)
         self.status = status
+        self.audit_action = audit_action
+        self.udid = udid
 
 
 @dataclass
@@ -68,19 +81,26 @@ def handle(identity: certauth.Identity, message: dict) -> Reply:
     if handler is None:
         raise ProtocolError(f"unknown MessageType {message_type!r}")
     udid = message_udid(message)
+    if message_type in TOPIC_REQUIRED or "Topic" in message:
+        _check_topic(message, udid)
     device = certauth.authorize(identity, udid, enrolling=message_type == "Authenticate")
     if device is not None:
         device.mark_seen()
     return handler(identity, device, udid, message)
 
 
-def _check_topic(message: dict) -> str:
+# The check-in messages whose schema requires Topic (apple-schema/mdm/checkin/*.yaml).
+TOPIC_REQUIRED = frozenset({"Authenticate", "TokenUpdate", "CheckOut"})
+
+
+def _check_topic(message: dict, udid: str) -> str:
     topic = require(message, "Topic")
     ours = server_topic()
     if ours is None:
         raise ProtocolError("this server has no push certificate (topic) configured")
     if topic != ours:
-        raise ProtocolError(f"Topic {topic!r} is not this server's push topic")
+        raise ProtocolError(f"Topic {topic[:255]!r} is not this server's push topic",
+                            audit_action="device.topic_refused", udid=udid)
     return topic
 
 
@@ -108,7 +128,7 @@ AUTHENTICATE_FACTS = {
 
 
 def authenticate(identity, device: Device | None, udid: str, message: dict) -> Reply:
-    topic = _check_topic(message)
+    topic = message["Topic"]     # checked by handle()
     facts = {column: _optional_text(message, key) for key, column in AUTHENTICATE_FACTS.items()}
     if device is None:
         device = Device(udid=udid, inventory={}, last_seen_at=utcnow())
@@ -125,11 +145,24 @@ def authenticate(identity, device: Device | None, udid: str, message: dict) -> R
             setattr(device, column, value[:Device.__table__.c[column].type.length])
             changed.add(column)
     db.session.flush()
-    certauth.bind(identity, device)
+    retired = certauth.bind_new_enrollment(identity, device)
+    cancelled = queue.cancel_pending(device)
+    _forget_served_declarations(device)
+    if retired or cancelled:
+        audit("device.reenrolled", actor="device", object_type="device", object_id=udid,
+              detail=f"new certificate {identity.sha256[:16]}; retired {len(retired)} certificate(s) "
+                     f"{', '.join(r[:16] for r in retired)}; cancelled {len(cancelled)} waiting command(s)")
     log.info("Authenticate from %s (%s)", udid, device.product_name or "unknown model")
     if changed:
         device_facts_changed.send(device, changed=changed)
     return Reply()
+
+
+def _forget_served_declarations(device: Device) -> None:
+    """A new enrollment holds no declarations: drop the record of the set we served the old one, so the
+    enrollment's first TokenUpdate (device_enrolled -> mdm/ddm/jobs.py) serves a fresh set and queues the
+    DeclarativeManagement command that the cancelled queue may have held."""
+    DeclarationSet.query.filter_by(device_id=device.id).delete(synchronize_session="fetch")
 
 
 # --- TokenUpdate -----------------------------------------------------------------------------------------
@@ -138,7 +171,7 @@ def token_update(identity, device: Device, udid: str, message: dict) -> Reply:
     if _is_user_channel(message):
         log.info("ignoring user-channel TokenUpdate from %s", udid)
         return Reply()
-    topic = _check_topic(message)
+    topic = message["Topic"]     # checked by handle()
     token = require(message, "Token", bytes)
     if not token:
         raise PlistError("key Token must not be empty")

@@ -41,6 +41,8 @@ class Defaults:
     # Request bodies above this size are refused with 413 before parsing.
     MAX_CONTENT_LENGTH = 8 * 1024 * 1024
     MAX_CHECKIN_BYTES = 1024 * 1024
+    # Command results (PUT /mdm/connect); a large InstalledApplicationList or ProfileList fits (mdm/protocol.py).
+    MAX_COMMAND_RESPONSE_BYTES = 2 * 1024 * 1024
     # Accept a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
     TRUSTED_PROXY_CERT_HEADER = ""  # e.g. "X-Client-Cert" (URL-encoded PEM, as nginx $ssl_client_escaped_cert)
     TRUSTED_PROXY_ADDRESSES = ""    # comma separated remote addresses allowed to set that header

@@ -93,6 +93,9 @@ class DeviceCertificate(db.Model):
     subject = db.Column(db.String(255))
     not_after = db.Column(db.DateTime)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # Set when a newer certificate took over (Authenticate of a re-enrollment, or a bound renewal): the
+    # certificate is refused from then on, and can never be bound again.
+    retired_at = db.Column(db.DateTime)
 
 
 class IssuedCertificate(db.Model):
@@ -142,6 +145,7 @@ class Command(db.Model):
     request_type = db.Column(db.String(64), nullable=False)
     payload = db.Column(db.LargeBinary, nullable=False)   # the full command plist (XML)
     # queued -> sent -> Acknowledged | Error | CommandFormatError ; NotNow puts it back to queued
+    # queued | sent -> cancelled when a new enrollment (Authenticate) clears the queue (mdm/queue.py)
     status = db.Column(db.String(32), nullable=False, default="queued")
     not_now_count = db.Column(db.Integer, nullable=False, default=0)
     response = db.Column(db.LargeBinary)                  # full response plist as received

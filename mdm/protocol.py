@@ -2,8 +2,14 @@
 
 Thin on purpose: read the body within its size limit, authenticate (mdm/certauth.py), parse the XML
 plist, call the service (mdm/checkin.py, mdm/queue.py), commit, answer. A device never gets 401 or 500:
-refusals are 400/403/404/410/413 with the reason logged, and a refused request stores nothing except,
-for authentication failures, the audit record.
+refusals are 400/403/404/410/413 with the reason logged, and a refused request stores nothing except
+its audit record: ``device.auth_failed`` (identity refused; ``object_id`` is the UDID the message
+claimed, when it could be read), ``device.topic_refused`` (wrong push topic) and ``device.body_too_large``.
+
+Body limits, enforced here in the Flask app whatever HTTP server runs it, before the signature is checked
+or the plist parsed: ``MAX_CHECKIN_BYTES`` (1 MiB) for check-ins, ``MAX_COMMAND_RESPONSE_BYTES`` (2 MiB:
+a large InstalledApplicationList or ProfileList fits) for command results. Larger bodies get 413, whether
+announced by Content-Length or sent chunked.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("protocol", __name__)
 
-DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_COMMAND_RESPONSE_BYTES = 2 * 1024 * 1024
 COMMAND_STATUSES = ("Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow")
 
 
@@ -39,8 +45,7 @@ def checkin_endpoint():
 
 @bp.put("/mdm/connect")
 def connect_endpoint():
-    # Flask's own default for MAX_CONTENT_LENGTH is None (unlimited); a device answer is never that big.
-    limit = current_app.config.get("MAX_CONTENT_LENGTH") or DEFAULT_MAX_RESPONSE_BYTES
+    limit = int(current_app.config.get("MAX_COMMAND_RESPONSE_BYTES") or DEFAULT_MAX_COMMAND_RESPONSE_BYTES)
     return _device_request("connect", limit, _connect)
 
 
@@ -67,6 +72,7 @@ def _connect(identity, message: dict, body: bytes) -> Reply:
 
 def _device_request(endpoint: str, limit: int, service) -> Response:
     remote = request.remote_addr
+    body = b""
     try:
         body = _read_body(limit)
         identity = certauth.identify(current_app.config, remote, request.headers, body, get_pki().ca_cert)
@@ -74,17 +80,20 @@ def _device_request(endpoint: str, limit: int, service) -> Response:
         reply = service(identity, message, body)
         db.session.commit()
     except BodyTooLarge as exc:
+        db.session.rollback()
+        _audit_refusal("device.body_too_large", endpoint, remote, None, str(exc))
         return _refuse(endpoint, 413, str(exc))
     except certauth.AuthError as exc:
         db.session.rollback()
-        audit("device.auth_failed", actor="device", source=remote, detail=f"{endpoint}: {exc}")
-        db.session.commit()
+        _audit_refusal("device.auth_failed", endpoint, remote, exc.udid or _claimed_udid(body), str(exc))
         return _refuse(endpoint, 400, str(exc))
     except PlistError as exc:
         db.session.rollback()
         return _refuse(endpoint, 400, str(exc))
     except ProtocolError as exc:
         db.session.rollback()
+        if exc.audit_action:
+            _audit_refusal(exc.audit_action, endpoint, remote, exc.udid, str(exc))
         return _refuse(endpoint, exc.status, str(exc))
     except OperationalError:
         db.session.rollback()
@@ -96,6 +105,23 @@ def _device_request(endpoint: str, limit: int, service) -> Response:
         log.exception("%s: unexpected error processing a device message", endpoint)
         return _refuse(endpoint, 400, "could not process the message")
     return Response(reply.body, reply.status, content_type=reply.content_type)
+
+
+def _audit_refusal(action: str, endpoint: str, remote: str | None, udid: str | None, reason: str) -> None:
+    audit(action, actor="device", source=remote, object_type="device" if udid else None, object_id=udid,
+          detail=f"{endpoint}: {reason}" + (f" (claimed UDID {udid})" if udid else ""))
+    db.session.commit()
+
+
+def _claimed_udid(body: bytes | None) -> str | None:
+    """The UDID an unauthenticated message claims, for the audit record only (never trusted)."""
+    if not body:
+        return None
+    try:
+        udid = loads_xml(body).get("UDID")
+        return checkin.message_udid({"UDID": udid}) if isinstance(udid, str) else None
+    except Exception:   # unreadable: the refusal is audited without a UDID
+        return None
 
 
 def _read_body(limit: int) -> bytes:

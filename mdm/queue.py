@@ -7,6 +7,9 @@ offerable until a final status (Acknowledged, Error, CommandFormatError) arrives
   the device's next Idle: a device says Idle only when it has no result to report, so an unanswered
   ``sent`` command never reached it, or its answer was lost.
 Commands go out oldest first. All functions work in the caller's transaction; the caller commits.
+
+A new enrollment (Authenticate) clears the queue, as NanoMDM does: every command still waiting becomes
+``cancelled`` (kept for the history, never offered again, and a late report for it changes nothing).
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ from .plistio import dumps
 log = logging.getLogger(__name__)
 
 OFFERABLE = ("queued", "sent")
+CANCELLED = "cancelled"
 RESULT_STATUSES = ("Acknowledged", "Error", "CommandFormatError", "NotNow")
 
 __all__ = ["CommandError", "enqueue", "enqueue_bulk", "next_command", "record_result", "exchange", "history", "command_plist",
-           "request_push_for"]
+           "request_push_for", "cancel_pending"]
 
 
 def enqueue(device: Device, request_type: str, *, queued_by: str = "system", push: bool = True,
@@ -105,6 +109,20 @@ def next_command(device: Device) -> Command | None:
             .order_by(Command.id).first())
 
 
+def cancel_pending(device: Device) -> list[Command]:
+    """Cancel every command still waiting for a final answer (queued or sent): a new enrollment starts
+    with an empty queue. Returns the commands cancelled."""
+    pending = (Command.query.filter(Command.device_id == device.id, Command.status.in_(OFFERABLE))
+               .order_by(Command.id).all())
+    now = utcnow()
+    for command in pending:
+        command.status = CANCELLED
+        command.completed_at = now
+    if pending:
+        log.info("cancelled %d waiting commands of %s (new enrollment)", len(pending), device.udid)
+    return pending
+
+
 def mark_sent(command: Command) -> None:
     command.status = "sent"
     command.sent_at = utcnow()
@@ -123,7 +141,7 @@ def record_result(device: Device, response_plist: dict, raw: bytes | None = None
     if command is None:
         log.warning("%s reported %s for unknown command %r; ignored", device.udid, status, command_uuid)
         return None
-    if command.status in Command.FINAL_STATUSES:
+    if command.status in Command.FINAL_STATUSES or command.status == CANCELLED:
         log.info("%s repeated its %s report for %s; ignored", device.udid, command.status, command.uuid)
         return command
     now = utcnow()

@@ -276,6 +276,8 @@ def test_missing_header_is_400_audited_and_stores_nothing(app, client):
     body = plistlib.dumps(checkin_message(ident.udid, "Authenticate"))
     response = client.put("/mdm/checkin", data=body)
     _assert_refused(app, response, "missing Mdm-Signature", before)
+    # The UDID the unauthenticated message claimed is on the audit record (read, never trusted).
+    assert auth_failures(app)[-1].object_id == ident.udid
 
 
 @pytest.mark.parametrize("signature, reason", [
@@ -358,15 +360,20 @@ def test_message_before_authenticate_is_400(app, client):
     _assert_refused(app, ident.connect(client), "Authenticate first", before)
 
 
-def test_renewed_certificate_with_the_same_subject_is_bound_on_first_use(app, client):
+def test_same_subject_is_not_a_renewal_and_is_refused_with_the_claimed_udid(app, client):
+    """Changed by issue 8: a subject match used to bind a certificate as a "renewal"; now only a SCEP
+    RenewalReq signed by the bound certificate does."""
     original = DeviceIdentity(app, subject_cn="mdm-device-renewal-test")
     original.enroll(client)
-    renewed = DeviceIdentity(app, original.udid, subject_cn="mdm-device-renewal-test")
-    assert renewed.connect(client).status_code == 200
+    same_subject = DeviceIdentity(app, original.udid, subject_cn="mdm-device-renewal-test")
+    before = stored_counts(app)
+    _assert_refused(app, same_subject.connect(client), "not bound to this device", before)
+    failure = auth_failures(app)[-1]
+    assert failure.object_type == "device" and failure.object_id == original.udid
     with app.app_context():
         device = Device.query.filter_by(udid=original.udid).one()
         bound = {c.sha256 for c in DeviceCertificate.query.filter_by(device_id=device.id)}
-    assert bound == {certauth.fingerprint(original.cert), certauth.fingerprint(renewed.cert)}
+    assert bound == {certauth.fingerprint(original.cert)}
 
 
 def test_renewal_recorded_by_scep_is_bound_on_first_use(app, client):
@@ -376,6 +383,11 @@ def test_renewal_recorded_by_scep_is_bound_on_first_use(app, client):
     assert renewed.checkin(client, "TokenUpdate").status_code == 200
     with app.app_context():
         assert DeviceCertificate.query.filter_by(sha256=certauth.fingerprint(renewed.cert)).count() == 1
+        # Rebound: the renewed certificate replaced the one that signed the RenewalReq.
+        assert DeviceCertificate.query.filter_by(sha256=certauth.fingerprint(original.cert)).one().retired_at
+    before = stored_counts(app)
+    _assert_refused(app, original.connect(client), "replaced by a newer one", before)
+    assert renewed.connect(client).status_code == 200
     # ...and a renewal of my certificate does not let anyone else speak for another device.
     other = DeviceIdentity(app)
     other.enroll(client)

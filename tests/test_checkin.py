@@ -91,6 +91,38 @@ def test_wrong_topic_is_refused_and_stores_nothing(app, client, ident):
     assert stored_counts(app) == {"devices": 0, "bindings": 0, "commands": 0}
 
 
+# Every message type we handle: Authenticate, TokenUpdate and CheckOut carry a Topic by schema; the
+# others are checked when a Topic is added (issue 8: DeclarativeManagement and GetBootstrapToken took any).
+@pytest.mark.parametrize("message_type, fields", [
+    ("Authenticate", {}), ("TokenUpdate", {}), ("CheckOut", {}),
+    ("DeclarativeManagement", {"Endpoint": "tokens"}), ("GetBootstrapToken", {}),
+    ("SetBootstrapToken", {"BootstrapToken": b"token"}),
+    ("UserAuthenticate", {"UserID": "A1B2C3D4-0000-0000-0000-000000000001"}),
+    ("GetToken", {"TokenServiceType": "com.apple.maid"}),
+])
+def test_wrong_topic_is_400_and_audited_on_every_message_type(app, client, ident, message_type, fields):
+    from mdm.models import AuditEvent
+    ident.enroll(client)
+    before = stored_counts(app), device(app, ident.udid).push_magic
+    response = ident.checkin(client, message_type, Topic="com.apple.mgmt.External.wrong", **fields)
+    assert response.status_code == 400, response.data
+    assert b"not this server's push topic" in response.data
+    assert (stored_counts(app), device(app, ident.udid).push_magic) == before
+    assert device(app, ident.udid).enrollment_status == "enrolled"
+    with app.app_context():
+        event = AuditEvent.query.filter_by(action="device.topic_refused").one()
+        assert event.object_id == ident.udid and "com.apple.mgmt.External.wrong" in event.detail
+
+
+@pytest.mark.parametrize("message_type", ["Authenticate", "TokenUpdate", "CheckOut"])
+def test_topic_is_required_where_the_schema_requires_it(app, client, ident, message_type):
+    ident.enroll(client)
+    before = stored_counts(app)
+    response = ident.checkin(client, message_type, Topic=None)
+    assert response.status_code == 400 and b"Topic" in response.data
+    assert stored_counts(app) == before and device(app, ident.udid).enrollment_status == "enrolled"
+
+
 def test_token_update_with_wrong_topic_changes_nothing(app, client, ident):
     ident.checkin(client, "Authenticate")
     response = ident.checkin(client, "TokenUpdate", Topic="com.apple.mgmt.External.someone-else")
@@ -138,7 +170,13 @@ def test_reenrollment_after_checkout_queues_inventory_again(app, client, ident):
     ident.checkin(client, "CheckOut")
     ident.enroll(client)
     assert device(app, ident.udid).enrollment_status == "enrolled"
-    assert stored_counts(app)["commands"] == 6
+    # Changed by issue 8: the new enrollment's Authenticate cancelled the old queue and reset the DDM
+    # room's record of what it served (and queued) for the old one, so the new enrollment gets a DDM sync.
+    with app.app_context():
+        commands = [(c.request_type, c.status) for c in Command.query.order_by(Command.id)]
+    inventory = ["DeviceInformation", "SecurityInfo", "ProfileList"]
+    assert commands == [(t, "cancelled") for t in inventory] + [(t, "queued") for t in inventory] + [
+        ("DeclarativeManagement", "queued")]
 
 
 # --- bootstrap token, DDM, unsupported messages --------------------------------------------------------------
@@ -286,26 +324,29 @@ def test_empty_body_is_400(app, client, ident):
 
 # --- over the production server (cheroot, TLS with our CA) ----------------------------------------------------
 
-def test_checkin_over_real_https_including_a_chunked_body(app, ident):
+def test_checkin_over_real_https_including_a_chunked_body(live_server):
     import ssl
-    from pathlib import Path
 
     import httpx
 
-    from mdm.serve import BackgroundServer
-    tls = ssl.create_default_context(cafile=str(Path(app.config["CERTS_DIR"]) / "ca.pem"))
+    app = live_server.app
+    ident = DeviceIdentity(app, "00008110-000A1B2C3D4E801E")
+    with app.app_context():
+        from mdm.checkin import server_topic
+        topic = server_topic()
+    tls = ssl.create_default_context(cafile=live_server.ca_file)
 
     def put(client, path, body, chunked=False):
         content = iter([body[:100], body[100:]]) if chunked else body
         return client.put(path, content=content, headers={"Mdm-Signature": ident.sign(body)})
 
-    with BackgroundServer(app, port=0, threads=2) as server, \
-            httpx.Client(base_url=f"https://localhost:{server.port}", verify=tls) as client:
-        response = put(client, "/mdm/checkin", plistlib.dumps(checkin_message(ident.udid, "Authenticate")))
+    with httpx.Client(base_url=live_server.url, verify=tls, timeout=60) as client:
+        response = put(client, "/mdm/checkin",
+                       plistlib.dumps(checkin_message(ident.udid, "Authenticate", Topic=topic)))
         assert response.status_code == 200, response.text
         # No Content-Length (chunked): still read whole, verified and parsed.
-        response = put(client, "/mdm/checkin", plistlib.dumps(checkin_message(ident.udid, "TokenUpdate")),
-                       chunked=True)
+        response = put(client, "/mdm/checkin",
+                       plistlib.dumps(checkin_message(ident.udid, "TokenUpdate", Topic=topic)), chunked=True)
         assert response.status_code == 200, response.text
         response = put(client, "/mdm/connect", plistlib.dumps({"UDID": ident.udid, "Status": "Idle"}))
         assert plistlib.loads(response.content)["Command"]["RequestType"] == "DeviceInformation"

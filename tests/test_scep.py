@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from mdm.enroll import cms, scep_client, tokens
 from mdm.enroll.pki import get_pki
 from mdm.enroll.profile import hash_challenge
-from mdm.enroll.scep import FailInfo, MessageType
+from mdm.enroll.scep import FailInfo, MessageType, enrollment_subject
 from mdm.enroll.scep_client import ScepError
 from mdm.extensions import db
 from mdm.models import AuditEvent, IssuedCertificate, ScepChallenge, utcnow
@@ -116,7 +116,9 @@ def test_right_challenge_gets_a_client_auth_identity_from_our_ca(app, http, tmp_
     with app.app_context():
         ca = get_pki().ca_cert
         cert.verify_directly_issued_by(ca)
-    assert cert.subject == SUBJECT
+        # Changed by issue 8: the subject is the enrollment's (from its challenge), not the one asked for.
+        enrollment = enrollment_subject(challenge)
+    assert cert.subject == enrollment != SUBJECT
     assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == \
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -133,7 +135,9 @@ def test_right_challenge_gets_a_client_auth_identity_from_our_ca(app, http, tmp_
         record = db.session.scalar(select(IssuedCertificate))
         assert record.serial == format(cert.serial_number, "x")
         assert record.sha256 == cms.cert_sha256(cert)
-        assert record.subject == SUBJECT.rfc4514_string() and record.enrollment_token_id is not None
+        assert record.subject == enrollment.rfc4514_string() and record.enrollment_token_id is not None
+        replaced = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "scep.subject_replaced"))
+        assert SUBJECT.rfc4514_string() in replaced.detail and replaced.actor == "device"
         assert record.renewed_from_sha256 is None
         used = db.session.scalar(select(ScepChallenge).where(ScepChallenge.challenge_sha256 == hash_challenge(challenge)))
         assert used.used_at is not None
@@ -468,7 +472,11 @@ def test_scepclient_interop_against_the_live_tls_server(live_server, tmp_path):
                             str(tmp_path / "one" / "one.pem")], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     cert = x509.load_pem_x509_certificate((tmp_path / "one" / "one.pem").read_bytes())
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "mdm-device-one"
+    # scepclient asked for CN=mdm-device-one; the certificate names the enrollment of the challenge (the
+    # subject its profile carries), since issue 8.
+    scep_payload = next(p for p in profile["PayloadContent"] if p["PayloadType"] == "com.apple.security.scep")
+    assert cert.subject == scep_client.subject_from_profile(scep_payload["PayloadContent"]["Subject"])
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value != "mdm-device-one"
 
     reused = run_scepclient(live_server, tmp_path, challenge, "two")
     assert reused.returncode != 0 and "badRequest" in reused.stdout + reused.stderr

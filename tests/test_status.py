@@ -52,25 +52,58 @@ def test_real_status_reports_parse_and_match_apples_schema(path):
     (b"", "no Data"),
     (b"not json", "not JSON"),
     (b"[]", "JSON object"),
+    (b'"a string"', "JSON object"),
     (b'{"Errors": []}', "StatusItems"),
-    (b'{"StatusItems": {}, "Errors": {}}', "Errors must be an array"),
-    (b'{"StatusItems": {}, "Errors": [{"Reasons": []}]}', "StatusItem"),
-    (b'{"StatusItems": {}, "Errors": [], "FullReport": "yes"}', "FullReport"),
-    (report({"softwareupdate": {"install-state": 3}}), "softwareupdate.install-state"),
-    (report({"softwareupdate": {"failure-reason": {"count": "2"}}}), "failure-reason.count"),
-    (report({"softwareupdate": {"failure-reason": {"count": True}}}), "failure-reason.count"),
-    (report({"softwareupdate": {"pending-version": {"os-version": "18.1"}}}), "build-version"),
-    (report({"softwareupdate": {"install-reason": {"reason": [1]}}}), "install-reason"),
-    (report({"device": {"operating-system": {"version": 18}}}), "device.operating-system.version"),
-    (report({"management": {"declarations": {"configurations": [{"identifier": "a", "server-token": "t",
-                                                                  "active": True, "valid": "maybe"}]}}}), "valid"),
-    (report({"management": {"declarations": {"configurations": [{"identifier": "a", "server-token": "t",
-                                                                  "active": "yes", "valid": "valid"}]}}}), "active"),
-    (report({"management": {"declarations": {"activations": {}}}}), "activations must be an array"),
+    (b'{"StatusItems": [], "Errors": []}', "StatusItems"),
 ])
-def test_malformed_reports_are_refused_with_a_reason(body, reason):
+def test_unreadable_reports_are_refused_with_a_reason(body, reason):
     with pytest.raises(intake.StatusReportError, match=reason):
         intake.parse_report(body)
+
+
+GOOD_ITEM = {"model": {"identifier": "iPhone15,2"}}
+
+
+def _with_good_item(items: dict) -> dict:
+    return {"device": {**GOOD_ITEM, **items.pop("device", {})}, **items}
+
+
+# Changed by issue 8: these used to refuse the whole report; now the bad part is left out and the rest kept.
+@pytest.mark.parametrize("body, reason", [
+    (b'{"StatusItems": {"device": {"model": {"identifier": "iPhone15,2"}}}, "Errors": {}}', "Errors must be an array"),
+    (b'{"StatusItems": {"device": {"model": {"identifier": "iPhone15,2"}}}, "Errors": [{"Reasons": []}]}',
+     "StatusItem"),
+    (b'{"StatusItems": {"device": {"model": {"identifier": "iPhone15,2"}}}, "Errors": [], "FullReport": "yes"}',
+     "FullReport"),
+    (report(_with_good_item({"softwareupdate": {"install-state": 3}})), "softwareupdate.install-state"),
+    (report(_with_good_item({"softwareupdate": {"failure-reason": {"count": "2"}}})), "failure-reason.count"),
+    (report(_with_good_item({"softwareupdate": {"failure-reason": {"count": True}}})), "failure-reason.count"),
+    (report(_with_good_item({"softwareupdate": {"pending-version": {"os-version": "18.1"}}})), "build-version"),
+    (report(_with_good_item({"softwareupdate": {"install-reason": {"reason": [1]}}})), "install-reason"),
+    (report(_with_good_item({"device": {"operating-system": {"version": 18}}})), "device.operating-system.version"),
+    (report(_with_good_item({"management": {"declarations": {"configurations": [
+        {"identifier": "a", "server-token": "t", "active": True, "valid": "maybe"}]}}})), "valid"),
+    (report(_with_good_item({"management": {"declarations": {"configurations": [
+        {"identifier": "a", "server-token": "t", "active": "yes", "valid": "valid"}]}}})), "active"),
+    (report(_with_good_item({"management": {"declarations": {"activations": {}}}})), "activations must be an array"),
+    (report(_with_good_item({"management": {"declarations": "none"}})), "management.declarations must be"),
+])
+def test_a_malformed_part_is_left_out_with_a_reason_and_the_rest_kept(body, reason):
+    parsed, dropped = intake.read_report(body)
+    assert len(dropped) == 1 and reason in dropped[0]
+    assert intake.item(parsed["StatusItems"], "device.model.identifier") == "iPhone15,2"
+    assert intake.parse_report(body) == parsed
+    assert "FullReport" not in parsed or isinstance(parsed["FullReport"], bool)
+    assert isinstance(parsed["Errors"], list)
+
+
+def test_one_bad_declaration_entry_leaves_its_siblings():
+    parsed, dropped = intake.read_report(report({"management": {"declarations": {"configurations": [
+        declaration_entry("mdm.one", "t1"), {"identifier": "mdm.two", "active": True},
+        declaration_entry("mdm.three", "t3")]}}}))
+    assert dropped == ["management.declarations.configurations[1].server-token must be a string"]
+    kept = parsed["StatusItems"]["management"]["declarations"]["configurations"]
+    assert [e["identifier"] for e in kept] == ["mdm.one", "mdm.three"]
 
 
 def test_unknown_items_are_kept_but_not_validated():
@@ -129,15 +162,59 @@ def test_real_iphone_report_updates_facts_and_sends_the_signal(app):
         assert "bwyw7bcw" not in StatusReport.query.one().body
 
 
-def test_malformed_status_stores_nothing_and_answers_400(app):
+def test_a_malformed_item_is_ignored_and_logged_and_the_valid_items_are_stored(app, caplog):
+    """Changed by issue 8 (this used to answer 400 and store nothing)."""
     with app.app_context():
         device = make_device()
         bad = report({"softwareupdate": {"install-state": "downloading", "failure-reason": {"count": "x"}},
                       "device": {"operating-system": {"version": "18.1"}}})
-        status, body, _ = handle_declarative_management(device, "status", bad)
-        assert status == 400 and b"failure-reason.count" in body
+        with caplog.at_level("WARNING"):
+            status, body, _ = handle_declarative_management(device, "status", bad)
+        assert status == 200, body
+        stored = db.session.get(DeviceStatus, device.id)
+        assert stored.items == {"softwareupdate": {"install-state": "downloading"},
+                                "device": {"operating-system": {"version": "18.1"}}}
+        assert StatusReport.query.count() == 1
+        assert db.session.get(Device, device.id).os_version == "18.1"
+    assert any("failure-reason.count" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_a_report_that_is_not_json_or_not_an_object_is_400_audited_and_stores_nothing(app):
+    from mdm.models import AuditEvent
+    with app.app_context():
+        device = make_device()
+        for data, reason in ((b"not json at all", b"not JSON"), (b"[1, 2]", b"JSON object")):
+            status, body, _ = handle_declarative_management(device, "status", data)
+            assert status == 400 and reason in body
         assert DeviceStatus.query.count() == 0 and StatusReport.query.count() == 0
-        assert db.session.get(Device, device.id).os_version == "17.5"
+        refused = AuditEvent.query.filter_by(action="ddm.status_refused").all()
+        assert len(refused) == 2 and {e.object_id for e in refused} == {device.udid}
+
+
+def test_a_declaration_from_the_set_the_device_held_before_a_change_is_accepted(app):
+    """The device fetched a manifest, then its set changed: its next report still names the old
+    declaration. That is its own declaration, not another device's."""
+    from mdm.ddm.state_models import DeclarationSet
+    with app.app_context():
+        device = make_device()
+        status, body, _ = handle_declarative_management(device, "declaration-items", None)
+        assert status == 200
+        held = json.loads(body)["Declarations"]["Configurations"][0]
+        # The set changes: that declaration is no longer in it (as when a policy stops applying).
+        row = db.session.get(DeclarationSet, device.id)
+        row.declarations = [d for d in row.declarations if d["Identifier"] != held["Identifier"]]
+        row.declarations_token = "changed"
+        db.session.commit()
+        assert held["Identifier"].startswith(intake.OUR_IDENTIFIER_PREFIX)
+        data = report({"management": {"declarations": {"configurations": [
+            declaration_entry(held["Identifier"], held["ServerToken"])]}}})
+        status, body, _ = handle_declarative_management(device, "status", data)
+        assert status == 200, body
+        assert held["Identifier"] in db.session.get(DeviceStatus, device.id).declarations
+        # A declaration it never held is still refused.
+        other = report({"management": {"declarations": {"configurations": [
+            declaration_entry("mdm.patch.999.enforcement", "t")]}}})
+        assert handle_declarative_management(device, "status", other)[0] == 403
 
 
 def test_full_report_replaces_and_incremental_merges(app):

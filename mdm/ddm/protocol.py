@@ -2,7 +2,10 @@
 
 tokens -> TokensResponse; declaration-items -> DeclarationItemsResponse; declaration/<type>/<identifier>
 -> the declaration (404 when it is not in this device's set); status -> status intake, 200 empty body
-(400 when malformed, 403 when it names another device's declarations).
+(400 when unreadable as a whole, 403 when it names another device's declarations; malformed items are
+left out and the rest stored, mdm/ddm/status.py). Status refusals are audited (``ddm.status_refused``).
+declaration-items also records the identifiers it served (``served_identifiers``): the set the device
+holds, whose status it may still report after the set changes.
 Policy state never causes a 4xx/5xx here: the set is computed without what cannot be computed.
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 
 from ..extensions import db
+from ..models import audit
 from . import status as status_intake
 from . import sync
 
@@ -28,6 +32,12 @@ def _refuse(code: int, device, endpoint: str, reason: str) -> tuple[int, bytes, 
     return code, reason.encode(), "text/plain; charset=utf-8"
 
 
+def _audit_status_refusal(device, code: int, reason: str) -> None:
+    audit("ddm.status_refused", actor="device", object_type="device", object_id=device.udid,
+          detail=f"{code}: {reason[:500]}")
+    db.session.commit()
+
+
 def handle_declarative_management(device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
     """(HTTP status, body, content type) for one DeclarativeManagement check-in. Commits what it stores."""
     endpoint = endpoint or ""
@@ -37,6 +47,9 @@ def handle_declarative_management(device, endpoint: str, data: bytes | None) -> 
         return _json({"SyncTokens": sync.sync_tokens(row)})
     if endpoint == "declaration-items":
         row = sync.current_set(device)
+        identifiers = sorted(d["Identifier"] for d in row.declarations)
+        if row.served_identifiers != identifiers:
+            row.served_identifiers = identifiers
         db.session.commit()
         return _json(sync.manifest(row))
     if endpoint.startswith("declaration/"):
@@ -55,9 +68,11 @@ def handle_declarative_management(device, endpoint: str, data: bytes | None) -> 
             status_intake.ingest(device, data)
         except status_intake.ForeignDeclarationError as exc:
             db.session.rollback()
+            _audit_status_refusal(device, 403, str(exc))
             return _refuse(403, device, endpoint, f"status report refused: {exc}")
         except status_intake.StatusReportError as exc:
             db.session.rollback()
+            _audit_status_refusal(device, 400, str(exc))
             return _refuse(400, device, endpoint, f"status report refused: {exc}")
         return 200, b"", JSON
     return _refuse(400, device, endpoint, "unknown DeclarativeManagement endpoint")

@@ -26,6 +26,9 @@ class DeclarationSet(db.Model):
     # The token carried by the last DeclarativeManagement command we queued for this device.
     command_token = db.Column(db.String(64))
     command_queued_at = db.Column(db.DateTime)
+    # Identifiers of the last declaration-items manifest the device fetched: what it holds (or held, when the
+    # set has changed since), so a status report about them is the device's own (mdm/ddm/status.py).
+    served_identifiers = db.Column(db.JSON)
 
 
 class DeviceStatus(db.Model):

@@ -5,7 +5,14 @@ Rules (declarative/protocol/statusreport.yaml and declarative/status/*.yaml):
   operating-system.version. Known items are type-checked; unknown items are kept but ignored.
 - Incremental reports replace the items they contain. Array items merge element by element (by
   ``identifier``); an element with ``_removed: true`` is deleted. ``FullReport: true`` replaces everything.
-- Anything malformed raises StatusReportError before anything is stored (the endpoint answers 400).
+- A report that cannot be read as a whole (no Data, not JSON, not a JSON object, nested too deep,
+  StatusItems not a dictionary) raises StatusReportError before anything is stored (the endpoint answers
+  400). Anything smaller that is malformed - one known item of the wrong shape, one bad declaration entry,
+  one bad Errors entry, a non-boolean FullReport - is left out and logged, and the rest of the report is
+  stored: one odd item must not throw away the device's whole status.
+- A report naming one of our declarations that the device was never given is refused (403). "Given"
+  means: in its current set, in the last declaration-items manifest it fetched (``served_identifiers``:
+  the set it held before the set changed), or already in its stored status.
 """
 from __future__ import annotations
 
@@ -128,12 +135,18 @@ KNOWN_ITEMS = {
 
 # ---- parsing ----------------------------------------------------------------------------------------
 def parse_report(data: bytes | None) -> dict:
-    """The decoded, validated report. Raises StatusReportError."""
+    """The decoded report with malformed parts left out (see ``read_report``). Raises StatusReportError."""
+    return read_report(data)[0]
+
+
+def read_report(data: bytes | None) -> tuple[dict, list[str]]:
+    """(the decoded report with every malformed part left out, why each part was left out). Raises
+    StatusReportError only when the report as a whole is unreadable."""
     if not data:
         raise StatusReportError("no Data")
     if not isinstance(data, bytes):
         raise StatusReportError("Data must be bytes")
-    # Checked before json.loads, whose C parser recurses: a deep body never reaches it (or _validate_tree).
+    # Checked before json.loads, whose C parser recurses: a deep body never reaches it (or _clean_tree).
     if json_depth(data) > MAX_JSON_DEPTH:
         raise StatusReportError(f"Data nested deeper than {MAX_JSON_DEPTH} levels")
     try:
@@ -147,30 +160,79 @@ def parse_report(data: bytes | None) -> dict:
     items = report.get("StatusItems")
     if not isinstance(items, dict):
         raise StatusReportError("StatusItems must be a dictionary")
+    dropped: list[str] = []
+    report = {**report, "StatusItems": _clean_tree(items, "", dropped), "Errors": _clean_errors(report, dropped)}
+    if "FullReport" in report and not isinstance(report["FullReport"], bool):
+        dropped.append("FullReport must be a boolean (taken as an incremental report)")
+        del report["FullReport"]
+    return report, dropped
+
+
+def _clean_errors(report: dict, dropped: list[str]) -> list:
     errors = report.get("Errors", [])
     if not isinstance(errors, list):
-        raise StatusReportError("Errors must be an array")
+        dropped.append("Errors must be an array")
+        return []
+    kept = []
     for i, error in enumerate(errors):
         if not isinstance(error, dict) or not isinstance(error.get("StatusItem"), str):
-            raise StatusReportError(f"Errors[{i}] must be a dictionary with a StatusItem")
+            dropped.append(f"Errors[{i}] must be a dictionary with a StatusItem")
+            continue
         reasons = error.get("Reasons", [])
         if not isinstance(reasons, list) or not all(isinstance(r, dict) and isinstance(r.get("Code"), str)
                                                     for r in reasons):
-            raise StatusReportError(f"Errors[{i}].Reasons must be an array of dictionaries with a Code")
-    if "FullReport" in report and not isinstance(report["FullReport"], bool):
-        raise StatusReportError("FullReport must be a boolean")
-    _validate_tree(items, "")
-    return report
+            dropped.append(f"Errors[{i}].Reasons must be an array of dictionaries with a Code")
+            continue
+        kept.append(error)
+    return kept
 
 
-def _validate_tree(node: dict, prefix: str) -> None:
+def _clean_tree(node: dict, prefix: str, dropped: list[str]) -> dict:
+    """``node`` without the known items that fail their check (each reason appended to ``dropped``)."""
+    out = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
+        if name == "management.declarations":
+            value = _clean_declarations(name, value, dropped)
+            if value is not None:
+                out[key] = value
+            continue
         check = KNOWN_ITEMS.get(name)
         if check is not None:
-            check(name, value)
+            try:
+                check(name, value)
+            except StatusReportError as exc:
+                dropped.append(str(exc))
+                continue
         elif isinstance(value, dict):
-            _validate_tree(value, name + ".")
+            value = _clean_tree(value, name + ".", dropped)
+        out[key] = value
+    return out
+
+
+def _clean_declarations(name: str, value, dropped: list[str]) -> dict | None:
+    """The declarations item with each malformed entry (or kind) left out; None when it is not a dictionary."""
+    if not isinstance(value, dict):
+        dropped.append(f"{name} must be a dictionary")
+        return None
+    out = {key: entries for key, entries in value.items() if key not in DECLARATION_KINDS}
+    for kind in DECLARATION_KINDS:
+        if kind not in value:
+            continue
+        entries = value[kind]
+        if not isinstance(entries, list):
+            dropped.append(f"{name}.{kind} must be an array")
+            continue
+        kept = []
+        for i, entry in enumerate(entries):
+            try:
+                _management_declarations(name, {kind: [entry]})
+            except StatusReportError as exc:
+                dropped.append(str(exc).replace(f"{kind}[0]", f"{kind}[{i}]"))
+                continue
+            kept.append(entry)
+        out[kind] = kept
+    return out
 
 
 def _redact(node: dict, prefix: str = "") -> dict:
@@ -268,8 +330,11 @@ _FACTS = (("device.operating-system.version", "os_version"),
 
 
 def ingest(device, data: bytes | None) -> DeviceStatus:
-    """Store one status report (raw, bounded) and the merged status; update device facts. Commits."""
-    report = parse_report(data)
+    """Store one status report (raw, bounded) and the merged status; update device facts. Commits.
+    Malformed parts are left out and logged (``read_report``)."""
+    report, dropped = read_report(data)
+    for reason in dropped:
+        log.warning("status report from device %s: ignored a malformed part: %s", device.id, reason[:300])
     items = _redact(report["StatusItems"])
     full = bool(report.get("FullReport", False))
     now = utcnow()
@@ -311,15 +376,18 @@ def ingest(device, data: bytes | None) -> DeviceStatus:
 
 
 def _check_declarations_are_its_own(device, items: dict, status: DeviceStatus | None) -> None:
-    """Refuse a report naming one of our declarations that is neither in this device's set nor already in
-    its status: that is another device's declaration (identifiers are per policy, shared by the devices
-    the policy reaches), and storing it would describe declarations this device never had. Foreign
-    identifiers (not ours) and removals are harmless and pass."""
+    """Refuse a report naming one of our declarations that is neither in this device's set, nor in the
+    manifest it last fetched (the set it held before a change), nor already in its status: that is another
+    device's declaration (identifiers are per policy, shared by the devices the policy reaches), and
+    storing it would describe declarations this device never had. Foreign identifiers (not ours) and
+    removals are harmless and pass."""
     reported = item(items, "management.declarations")
     if not isinstance(reported, dict):
         return
     declaration_set = db.session.get(DeclarationSet, device.id)
     served = {d["Identifier"] for d in (declaration_set.declarations if declaration_set else [])}
+    if declaration_set is not None:
+        served.update(i for i in (declaration_set.served_identifiers or []) if isinstance(i, str))
     known = set((status.declarations or {}) if status is not None else ())
     for kind in DECLARATION_KINDS:
         for entry in reported.get(kind, []):

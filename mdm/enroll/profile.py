@@ -2,7 +2,9 @@
 
 Keys follow Apple's schemas in shared/apple-schema/mdm/profiles/ (TopLevel.yaml, com.apple.security.root.yaml,
 com.apple.security.scep.yaml, com.apple.mdm.yaml). Each download builds a fresh profile: new payload UUIDs,
-a new SCEP challenge (stored only as its SHA-256) and a unique certificate subject.
+a new SCEP challenge (stored only as its SHA-256) and a unique certificate subject derived from that
+challenge (``challenge_common_name``), so the SCEP service knows the subject of the enrollment from the
+challenge alone and never takes it from the request.
 """
 from __future__ import annotations
 
@@ -50,6 +52,15 @@ def hash_challenge(challenge: str | bytes) -> str:
     return hashlib.sha256(challenge).hexdigest()
 
 
+def challenge_common_name(challenge: str | bytes) -> str:
+    """The certificate CN of the enrollment this challenge belongs to: ``mdm-device-<uuid>``, the uuid a
+    one-way function of the challenge (seeing the CN reveals nothing of the challenge)."""
+    if isinstance(challenge, str):
+        challenge = challenge.encode()
+    digest = hashlib.sha256(b"mdm-device-subject\0" + challenge).digest()
+    return f"mdm-device-{uuid.UUID(bytes=digest[:16], version=4)}"
+
+
 def new_scep_challenge(token: EnrollmentToken | None) -> str:
     """A one-time challenge, stored hashed with its expiry in the caller's transaction. Returns the plain value."""
     challenge = secrets.token_urlsafe(CHALLENGE_BYTES)
@@ -81,6 +92,7 @@ def build_enrollment_profile(token: EnrollmentToken | None, topic: str | None = 
     prefix = _identifier_prefix(cfg["SERVER_HOSTNAME"])
     pki = get_pki()
     root_uuid, scep_uuid, mdm_uuid = _uuid(), _uuid(), _uuid()
+    challenge = new_scep_challenge(token)
 
     root_payload = {
         "PayloadType": "com.apple.security.root",
@@ -99,12 +111,12 @@ def build_enrollment_profile(token: EnrollmentToken | None, topic: str | None = 
         "PayloadDisplayName": "Device identity (SCEP)",
         "PayloadContent": {
             "URL": f"{server_url}/scep",
-            "Challenge": new_scep_challenge(token),
+            "Challenge": challenge,
             "Keysize": SCEP_KEY_SIZE,
             "Key Type": "RSA",
             "Key Usage": SCEP_KEY_USAGE,
             # Subject is an array of RDNs, each an array of [OID, value] pairs (com.apple.security.scep.yaml).
-            "Subject": [[["O", org]], [["CN", f"mdm-device-{uuid.uuid4()}"]]],
+            "Subject": [[["O", org]], [["CN", challenge_common_name(challenge)]]],
         },
     }
     mdm_payload = {

@@ -5,6 +5,15 @@ by a certificate we issued) whose content is an EnvelopedData, encrypted to our 
 We answer with a CertRep: a SignedData signed by the CA carrying the status attributes and, on success,
 an EnvelopedData encrypted to the requester holding a degenerate SignedData with the issued certificate.
 A request we cannot even read (no transactionID or nonce to answer to) is a ScepRequestError (HTTP 400).
+
+Whose certificate: a PKCSReq is issued only for the enrollment its challenge belongs to. The subject is
+that enrollment's (``O=<ORGANIZATION>, CN=<challenge_common_name(challenge)>``, the subject the profile
+download put in the SCEP payload); the subject the CSR asks for is IGNORED, not refused: a different one
+is replaced, logged and audited (``scep.subject_replaced``), so holding one enrollment's challenge never
+yields a certificate naming another device. A RenewalReq keeps the subject of the certificate that signs
+it and records it (``renewed_from_sha256``); a certificate retired by a re-enrollment cannot renew.
+Issuing a certificate binds it to no device: that happens at Authenticate, or for a renewal on its first
+use by the device its signer is bound to (mdm/certauth.py).
 """
 from __future__ import annotations
 
@@ -21,16 +30,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import AttributeOID
+from cryptography.x509.oid import AttributeOID, NameOID
 from flask import current_app
 from sqlalchemy import delete, select, update
 
 from ..extensions import db
-from ..models import EnrollmentToken, IssuedCertificate, ScepChallenge, audit, utcnow
+from ..models import DeviceCertificate, EnrollmentToken, IssuedCertificate, ScepChallenge, audit, utcnow
 from ..scheduler import register_job
 from . import cms
 from .pki import get_pki
-from .profile import hash_challenge
+from .profile import challenge_common_name, hash_challenge
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +126,7 @@ class _Request:
     transaction_id: str
     sender_nonce: bytes
     reply_digest: str
+    source: str | None = None       # the requester's address, for the audit trail
 
 
 def _read_request(message: bytes) -> _Request:
@@ -147,6 +157,7 @@ def handle_pki_operation(message: bytes, *, source: str | None = None) -> PKIOpe
     """Answer one PKIOperation. Commits the issued certificate (or the audit line of a refusal).
     Raises ScepRequestError when the message cannot be answered with a CertRep at all."""
     request = _read_request(message)
+    request.source = source
     pki = get_pki()
     try:
         cert, reply_cipher = _issue(request, pki)
@@ -213,7 +224,9 @@ def _check_and_issue(request: _Request, pki) -> tuple[x509.Certificate, str]:
             raise Refusal(FailInfo.BAD_REQUEST, "PKCSReq signed with a key other than the CSR's")
         challenge = _challenge_password(csr)
         token_id = _consume_challenge(challenge)
-        subject, renewed_from = csr.subject, None
+        subject, renewed_from = enrollment_subject(challenge), None
+        if csr.subject != subject:
+            _note_replaced_subject(request, csr.subject, subject, token_id)
     else:
         issued = _issued_by_us(signer, pki)
         token_id, renewed_from = issued.enrollment_token_id, issued.sha256
@@ -226,6 +239,21 @@ def _check_and_issue(request: _Request, pki) -> tuple[x509.Certificate, str]:
         subject=subject.rfc4514_string()[:255], enrollment_token_id=token_id,
         renewed_from_sha256=renewed_from, not_after=cert.not_valid_after_utc.replace(tzinfo=None)))
     return cert, reply_cipher
+
+
+def enrollment_subject(challenge: bytes | str) -> x509.Name:
+    """The subject of the enrollment a challenge belongs to, exactly as its profile asked for it."""
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, current_app.config["ORGANIZATION"]),
+                      x509.NameAttribute(NameOID.COMMON_NAME, challenge_common_name(challenge))])
+
+
+def _note_replaced_subject(request: _Request, asked: x509.Name, issued: x509.Name, token_id: int | None) -> None:
+    asked_text = asked.rfc4514_string()[:255]
+    log.warning("SCEP transaction %s asked for subject %r; issuing the enrollment's own %r instead",
+                request.transaction_id, asked_text, issued.rfc4514_string())
+    audit("scep.subject_replaced", actor="device", source=request.source, object_type="scep_transaction",
+          object_id=request.transaction_id,
+          detail=f"asked for {asked_text}, issued {issued.rfc4514_string()} (enrollment token {token_id})")
 
 
 def _load_csr(der: bytes) -> x509.CertificateSigningRequest:
@@ -302,6 +330,10 @@ def _issued_by_us(signer: x509.Certificate, pki) -> IssuedCertificate:
         raise Refusal(FailInfo.BAD_REQUEST, "RenewalReq signed by a certificate we have no record of")
     if signer.not_valid_after_utc.replace(tzinfo=None) <= utcnow():
         raise Refusal(FailInfo.BAD_REQUEST, "RenewalReq signed by an expired certificate")
+    retired = db.session.scalar(select(DeviceCertificate.retired_at).where(
+        DeviceCertificate.sha256 == issued.sha256))
+    if retired is not None:
+        raise Refusal(FailInfo.BAD_REQUEST, "RenewalReq signed by a certificate a re-enrollment replaced")
     return issued
 
 
