@@ -1,7 +1,7 @@
 """device identity: retired certificates, and the declarations a device was last served
 
 Revision ID: 8a1d0e1c0001
-Revises: 5c1d2e3f4a5b
+Revises: 8b2e0f2d0002
 Create Date: 2026-12-06 16:30:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '8a1d0e1c0001'
-down_revision = '5c1d2e3f4a5b'
+down_revision = '8b2e0f2d0002'
 branch_labels = None
 depends_on = None
 
