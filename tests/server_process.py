@@ -121,9 +121,18 @@ class ServerProcess:
 
 
 def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its parent)."""
+    """Still running, in any of its threads: a process whose main thread has exited shows as a
+    zombie while its other threads finish exiting, and only when the last one is gone are its
+    sockets closed."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return state not in ("Z", "X")
+    for tid in tasks:
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
