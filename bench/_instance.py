@@ -30,6 +30,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (every thread's children), from /proc."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """utime + stime of a process tree (all threads), from /proc/<pid>/stat."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def process_tree_rss_mb(root: int) -> float:
+    """Peak resident memory of a process tree, added up."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return total / 1024
+
+
 class Instance:
     """One MDM instance on disk; ``start()`` runs ``python -m mdm.run`` on it (the production process)."""
 
@@ -92,38 +131,15 @@ class Instance:
 
     def pids(self) -> list[int]:
         """The server's process tree: the supervisor and its worker processes."""
-        out, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            try:
-                todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-            except FileNotFoundError:
-                pass
-        return out
+        return process_tree(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server's processes (all their threads), from /proc/<pid>/stat."""
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / CLOCK_TICKS
+        return process_tree_cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
         """Peak resident memory of the server's processes, added up."""
-        total = 0
-        for pid in self.pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-            except FileNotFoundError:
-                continue
-        return total / 1024
+        return process_tree_rss_mb(self.process.pid)
 
     # ---- an app on the same database, for set-up and checks from the bench process -------------
     def app(self):
