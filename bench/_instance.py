@@ -3,6 +3,9 @@ enrolled simulated devices that is generated once and reused (device keys and SC
 
 An instance lives in a work directory (``--workdir``; a temp directory when not given):
     <workdir>/db.sqlite, certs/, instance/, devices/<udid>.json (+ .key.pem, .cert.pem), state.json
+With ``database_url`` (``--database-url``) the database is that one instead of db.sqlite (e.g. an empty
+PostgreSQL database; the devices in the work directory then belong to it: use one work directory per
+database).
 Re-running a bench with the same ``--workdir`` reuses the database, the CA and the enrolled devices.
 """
 from __future__ import annotations
@@ -72,7 +75,8 @@ def process_tree_rss_mb(root: int) -> float:
 class Instance:
     """One MDM instance on disk; ``start()`` runs ``python -m mdm.run`` on it (the production process)."""
 
-    def __init__(self, workdir: Path, *, scheduler: bool = False, extra_env: dict | None = None):
+    def __init__(self, workdir: Path, *, scheduler: bool = False, extra_env: dict | None = None,
+                 database_url: str | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         state_file = self.workdir / "state.json"
@@ -84,7 +88,7 @@ class Instance:
         self.url = f"https://localhost:{self.port}"
         self.env = {
             **os.environ,
-            "MDM_DATABASE_URL": f"sqlite:///{self.workdir / 'db.sqlite'}",
+            "MDM_DATABASE_URL": database_url or f"sqlite:///{self.workdir / 'db.sqlite'}",
             "MDM_CERTS_DIR": str(self.workdir / "certs"),
             "MDM_SECRET_KEY": state["secret_key"],
             "MDM_INSTANCE_PATH": str(self.workdir / "instance"),

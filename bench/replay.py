@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/replay.py [--devices 200] [--connections 200] [--seconds 20]
                                      [--mix checkin|idle|ddm] [--workers N] [--workdir DIR]
+                                     [--database-url postgresql://...]
     .venv/bin/python bench/replay.py --mix idle --workdir DIR --export FILE     # sign, write FILE, stop
     .venv/bin/python bench/replay.py --url URL --requests FILE [--server-pid PID]   # any MDM server
 
@@ -173,6 +174,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="MDM_WORKERS of the server this bench starts (default: the server's default, 1)")
     parser.add_argument("--workdir", help="keep the instance and devices here and reuse them next time")
+    parser.add_argument("--database-url", help="the server's database (default: SQLite in the work directory); "
+                                               "use a work directory of its own per database")
     parser.add_argument("--export", metavar="FILE", help="write the pre-signed requests to FILE and stop")
     parser.add_argument("--url", help="replay against this server instead of starting one (needs --requests)")
     parser.add_argument("--requests", metavar="FILE", help="pre-signed requests written by --export")
@@ -194,7 +197,7 @@ def main() -> int:
         return 0
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mdm-bench-replay-"))
     extra_env = {"MDM_WORKERS": str(args.workers)} if args.workers else None
-    instance = Instance(workdir, extra_env=extra_env)
+    instance = Instance(workdir, extra_env=extra_env, database_url=args.database_url)
     instance.start()
     try:
         devices = enrolled_devices(instance, args.devices)
