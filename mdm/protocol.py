@@ -85,7 +85,7 @@ def _idle_changes_nothing(identity, udid: str, message: dict) -> bool:
         device_id = certauth.authorized_device_id(identity, udid)
         if device_id is None:
             return False
-        facts = queue.idle_facts(device_id)
+        facts = queue.idle_facts(device_id, udid)
     if facts is None:
         return False
     if _is_user_channel(message):

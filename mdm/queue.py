@@ -120,13 +120,13 @@ _devices = Device.__table__
 _IDLE_FACTS = (select(_devices.c.last_seen_at,
                       exists().where(_commands.c.device_id == _devices.c.id,
                                      _commands.c.status.in_(OFFERABLE)).label("waiting"))
-               .where(_devices.c.id == bindparam("device_id")))
+               .where(_devices.c.id == bindparam("device_id"), _devices.c.udid == bindparam("udid")))
 
 
-def idle_facts(device_id: int):
+def idle_facts(device_id: int, udid: str):
     """(last_seen_at, waiting) of the device: ``waiting`` is true when a command is offerable (queued, or
-    sent and never answered). None when the device does not exist. Reads only."""
-    return db.session.execute(_IDLE_FACTS, {"device_id": device_id}).one_or_none()
+    sent and never answered). None when no device has this id and UDID (deleted). Reads only."""
+    return db.session.execute(_IDLE_FACTS, {"device_id": device_id, "udid": udid}).one_or_none()
 
 
 def cancel_pending(device: Device) -> list[Command]:
