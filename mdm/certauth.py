@@ -398,10 +398,12 @@ def _bound_predecessor(renewed_from_sha256: str | None, device: Device) -> Devic
 #
 # Staleness, explicitly:
 # - In this process: never. Every change that takes a certificate's access away (retirement on
-#   re-enrollment or renewal, rebinding) calls ``forget`` when it is made and again after its transaction
-#   commits (``after_commit`` below); an entry is only stored when no such change committed between the
-#   read that found it and the store (``_cache_generation``). So once a retirement has committed, no
-#   request of this process accepts the certificate.
+#   re-enrollment or renewal, rebinding) calls ``forget`` when it is made; from just before its transaction
+#   commits until it has ended (``before_commit`` .. ``after_transaction_end`` below) the cache is
+#   neither read nor filled (every request reads the database), and the entries are dropped again after
+#   the commit; an entry is only stored when no such change happened between the read that found it and
+#   the store (``_cache_generation``). So once a retirement has committed, no request of this process
+#   accepts the certificate: a request either read the binding before the commit, or reads it after.
 # - In another worker process of the same server: for at most AUTH_CACHE_SECONDS after the retirement
 #   committed, that process may still accept the retired certificate for requests that need no write
 #   (an Idle with nothing queued: it learns nothing and changes nothing). Every request that writes goes
@@ -416,41 +418,64 @@ _auth_cache: dict[str, tuple[int, str, float]] = {}   # sha256 -> (device id, UD
 _cache_generation = 0
 
 
+_commits_in_flight = 0    # transactions that forget certificates, between before_commit and its end
+
+
 def _remember(sha256: str, device_id: int, udid: str, generation: int) -> None:
     with _cache_lock:
-        if generation != _cache_generation:
-            return       # a change committed (or was made) since the facts were read
+        if generation != _cache_generation or _commits_in_flight:
+            return       # a change was made, or is being committed, since the facts were read
         if len(_auth_cache) >= _AUTH_CACHE_SIZE:
             _auth_cache.clear()
         _auth_cache[sha256] = (device_id, udid, time.monotonic() + AUTH_CACHE_SECONDS)
 
 
-def forget(*sha256s: str) -> None:
-    """Drop these certificates from the cache now and again once the current transaction commits."""
+def _drop(sha256s) -> None:
     global _cache_generation
+    _cache_generation += 1
+    for sha256 in sha256s:
+        _auth_cache.pop(sha256, None)
+
+
+def forget(*sha256s: str) -> None:
+    """Drop these certificates from the cache now, keep the cache out of use while the current transaction
+    commits, and drop them again once it has."""
     with _cache_lock:
-        _cache_generation += 1
-        for sha256 in sha256s:
-            _auth_cache.pop(sha256, None)
+        _drop(sha256s)
     db.session.info.setdefault("mdm_certauth_forget", set()).update(sha256s)
 
 
-@event.listens_for(Session, "after_commit")
-def _forget_after_commit(session) -> None:
-    pending = session.info.pop("mdm_certauth_forget", None)
-    if pending:
-        global _cache_generation
+@event.listens_for(Session, "before_commit")
+def _before_commit(session) -> None:
+    global _commits_in_flight
+    pending = session.info.get("mdm_certauth_forget")
+    if pending and not session.info.get("mdm_certauth_in_flight"):
         with _cache_lock:
-            _cache_generation += 1
-            for sha256 in pending:
-                _auth_cache.pop(sha256, None)
+            _commits_in_flight += 1
+            _drop(pending)
+        session.info["mdm_certauth_in_flight"] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction(session, transaction) -> None:
+    """The outermost transaction ended (committed or rolled back; savepoints do not count)."""
+    global _commits_in_flight
+    if transaction.parent is not None:
+        return
+    pending = session.info.pop("mdm_certauth_forget", None)
+    in_flight = session.info.pop("mdm_certauth_in_flight", False)
+    if pending or in_flight:
+        with _cache_lock:
+            _drop(pending or ())
+            if in_flight:
+                _commits_in_flight -= 1
 
 
 def authorized_device_id(identity: Identity, udid: str) -> int | None:
     """The id of the device with ``udid`` when this certificate is bound to it and not retired; None when
     anything else is true or unknown (then call ``authorize``, which decides and explains). Never writes:
     the read path of a check-in that changes nothing. Cached per certificate (see above)."""
-    entry = _auth_cache.get(identity.sha256)
+    entry = None if _commits_in_flight else _auth_cache.get(identity.sha256)
     if entry is not None and entry[2] > time.monotonic():
         return entry[0] if entry[1] == udid else None
     generation = _cache_generation

@@ -195,3 +195,29 @@ def test_authorize_reads_certificate_binding_and_device_in_one_query(app, enroll
     finally:
         rec.close()
     assert len([s for s in rec.statements if s.startswith("SELECT")]) == 1
+
+
+def test_cache_is_out_of_use_while_a_retirement_commits(app, client, enrolled):
+    """Between the database commit of a retirement and the end of its transaction no request of this
+    process may take the cached 'bound' answer: at the DBAPI commit the cache is out of use and empty."""
+    assert enrolled.connect(client).status_code == 200     # cached as bound
+    old = certauth.fingerprint(enrolled.cert)
+    assert old in certauth._auth_cache
+    seen = []
+    with app.app_context():
+        engine = db.engine
+
+    def at_commit(conn):
+        seen.append((certauth._commits_in_flight, old in certauth._auth_cache))
+    event.listen(engine, "commit", at_commit)
+    try:
+        reinstalled = DeviceIdentity(app, enrolled.udid)
+        seen.clear()
+        assert reinstalled.checkin(client, "Authenticate").status_code == 200
+    finally:
+        event.remove(engine, "commit", at_commit)
+    assert seen and seen[-1] == (1, False)
+    assert certauth._commits_in_flight == 0
+    assert enrolled.connect(client).status_code == 400
+    assert reinstalled.checkin(client, "TokenUpdate").status_code == 200
+    assert reinstalled.connect(client).status_code == 200    # the cache works again afterwards
