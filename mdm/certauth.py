@@ -407,11 +407,12 @@ def _bound_predecessor(renewed_from_sha256: str | None, device: Device) -> Devic
 # - In another worker process of the same server: for at most AUTH_CACHE_SECONDS after the retirement
 #   committed, that process may still accept the retired certificate for requests that need no write
 #   (an Idle with nothing queued: it learns nothing and changes nothing). Every request that writes goes
-#   through ``authorize``, which reads the committed state. Why this is safe: a certificate is retired
-#   only because the same device re-enrolled or renewed (the old key was the device's own a moment ago);
-#   its queue was cancelled in the same transaction, so an old-certificate Idle gets an empty answer
-#   either way. A deleted device's binding goes with it; the cached id then finds no device row and the
-#   request is decided by ``authorize`` (refused).
+#   through ``authorize``, which reads the committed state. Why this is safe: what the cached answer can
+#   give is only ever an empty reply to an Idle (when a command waits, or the last-seen time is due, the
+#   request goes to ``authorize``, which refuses the retired certificate), so the old key gets no command,
+#   learns nothing and changes nothing; and a certificate is retired only because the same device
+#   re-enrolled or renewed (the old key was the device's own a moment ago). A deleted device's binding
+#   goes with it; the cached id and UDID then find no device row and ``authorize`` refuses the request.
 AUTH_CACHE_SECONDS = 5.0
 _AUTH_CACHE_SIZE = 100_000
 _auth_cache: dict[str, tuple[int, str, float]] = {}   # sha256 -> (device id, UDID, expires, monotonic)
