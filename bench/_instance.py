@@ -3,6 +3,9 @@ enrolled simulated devices that is generated once and reused (device keys and SC
 
 An instance lives in a work directory (``--workdir``; a temp directory when not given):
     <workdir>/db.sqlite, certs/, instance/, devices/<udid>.json (+ .key.pem, .cert.pem), state.json
+With ``database_url`` (``--database-url``) the database is that one instead of db.sqlite (e.g. an empty
+PostgreSQL database; the devices in the work directory then belong to it: use one work directory per
+database).
 Re-running a bench with the same ``--workdir`` reuses the database, the CA and the enrolled devices.
 """
 from __future__ import annotations
@@ -30,10 +33,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (every thread's children), from /proc."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """utime + stime of a process tree (all threads), from /proc/<pid>/stat."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def process_tree_rss_mb(root: int) -> float:
+    """Peak resident memory of a process tree, added up."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return total / 1024
+
+
 class Instance:
     """One MDM instance on disk; ``start()`` runs ``python -m mdm.run`` on it (the production process)."""
 
-    def __init__(self, workdir: Path, *, scheduler: bool = False, extra_env: dict | None = None):
+    def __init__(self, workdir: Path, *, scheduler: bool = False, extra_env: dict | None = None,
+                 database_url: str | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         state_file = self.workdir / "state.json"
@@ -45,7 +88,7 @@ class Instance:
         self.url = f"https://localhost:{self.port}"
         self.env = {
             **os.environ,
-            "MDM_DATABASE_URL": f"sqlite:///{self.workdir / 'db.sqlite'}",
+            "MDM_DATABASE_URL": database_url or f"sqlite:///{self.workdir / 'db.sqlite'}",
             "MDM_CERTS_DIR": str(self.workdir / "certs"),
             "MDM_SECRET_KEY": state["secret_key"],
             "MDM_INSTANCE_PATH": str(self.workdir / "instance"),
@@ -92,38 +135,15 @@ class Instance:
 
     def pids(self) -> list[int]:
         """The server's process tree: the supervisor and its worker processes."""
-        out, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            try:
-                todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-            except FileNotFoundError:
-                pass
-        return out
+        return process_tree(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server's processes (all their threads), from /proc/<pid>/stat."""
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / CLOCK_TICKS
+        return process_tree_cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
         """Peak resident memory of the server's processes, added up."""
-        total = 0
-        for pid in self.pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-            except FileNotFoundError:
-                continue
-        return total / 1024
+        return process_tree_rss_mb(self.process.pid)
 
     # ---- an app on the same database, for set-up and checks from the bench process -------------
     def app(self):

@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote
@@ -40,6 +41,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import bindparam, event, literal, select, true
+from sqlalchemy.orm import Session, aliased
 
 from .extensions import db
 from .models import Device, DeviceCertificate, IssuedCertificate, audit, utcnow
@@ -313,49 +316,176 @@ def identify(config, remote_addr: str | None, headers, body: bytes, ca_cert: x50
 
 # --- binding certificates to devices ---------------------------------------------------------------------
 
+# What authorisation needs about a certificate and a UDID, in one round trip: the SCEP record of the
+# certificate (either case of hex, as before), its binding, and the device the message names.
+_issued = IssuedCertificate.__table__
+_bound = DeviceCertificate.__table__
+_devices = Device.__table__
+
+
+def _facts_statement():
+    """Built once (a constant statement is compiled once and then found in SQLAlchemy's cache)."""
+    base = select(literal(1).label("one")).subquery("base")
+    issued = (select(_issued.c.id, _issued.c.renewed_from_sha256)
+              .where(_issued.c.sha256.in_([bindparam("sha256"), bindparam("sha256_upper")]))
+              .limit(1).subquery("issued"))
+    bound = _bound.alias("bound")
+    device = aliased(Device)
+    return (select(device, issued.c.id.label("issued_id"), issued.c.renewed_from_sha256,
+                   bound.c.device_id.label("bound_device_id"), bound.c.retired_at)
+            .select_from(base)
+            .outerjoin(issued, true())
+            .outerjoin(bound, bound.c.sha256 == bindparam("sha256"))
+            .outerjoin(device, device.udid == bindparam("udid")))
+
+
+_FACTS = _facts_statement()
+_BOUND_TO = (select(_bound.c.device_id, _bound.c.retired_at, _devices.c.udid)
+             .select_from(_bound.join(_devices, _devices.c.id == _bound.c.device_id))
+             .where(_bound.c.sha256 == bindparam("sha256")))
+
+
 def authorize(identity: Identity, udid: str, *, enrolling: bool) -> Device | None:
     """Check the certificate may speak for ``udid``. Returns the device (None only when ``enrolling`` and
     the device is new). Raises AuthError (with ``udid``). A renewal is bound here (its predecessor
-    retired); for Authenticate call ``bind_new_enrollment`` once the device row exists."""
-    issued = _issued_record(identity)
-    if issued is None:
+    retired); for Authenticate call ``bind_new_enrollment`` once the device row exists.
+
+    One query (``_facts_statement``) reads the certificate's SCEP record, its binding and the device."""
+    generation = _cache_generation
+    row = db.session.execute(_FACTS, {"sha256": identity.sha256, "sha256_upper": identity.sha256.upper(),
+                                      "udid": udid}).one()
+    device, issued_id, renewed_from = row[0], row.issued_id, row.renewed_from_sha256
+    if issued_id is None:
         raise AuthError("signer certificate was not issued by our SCEP service", udid)
-    bound = DeviceCertificate.query.filter_by(sha256=identity.sha256).one_or_none()
-    device = Device.query.filter_by(udid=udid).one_or_none()
-    if bound is not None:
-        if device is None or bound.device_id != device.id:
+    if row.bound_device_id is not None:
+        if device is None or row.bound_device_id != device.id:
             raise AuthError("certificate is bound to another device", udid)
-        if bound.retired_at is not None:
+        if row.retired_at is not None:
             raise AuthError("certificate was replaced by a newer one for this device "
                             "(re-enrollment or renewal); it is no longer accepted", udid)
+        _remember(identity.sha256, device.id, udid, generation)
         return device
     if enrolling:
         return device            # Authenticate: the certificate is bound to this UDID next
     if device is None:
         raise AuthError("unknown device: Authenticate first", udid)
-    predecessor = _bound_predecessor(issued, device)
+    predecessor = _bound_predecessor(renewed_from, device)
     if predecessor is None:
         raise AuthError("certificate is not bound to this device", udid)
     bind(identity, device)
     predecessor.retired_at = utcnow()
+    forget(predecessor.sha256)
     audit("device.certificate_renewed", actor="device", object_type="device", object_id=device.udid,
           detail=f"certificate {identity.sha256[:16]} renews {predecessor.sha256[:16]}, now retired")
     log.info("renewed identity certificate for %s", device.udid)
     return device
 
 
-def _issued_record(identity: Identity) -> IssuedCertificate | None:
-    # Fingerprints are stored as hex; tolerate either case from the SCEP side.
-    return IssuedCertificate.query.filter(
-        IssuedCertificate.sha256.in_([identity.sha256, identity.sha256.upper()])).first()
-
-
-def _bound_predecessor(issued: IssuedCertificate, device: Device) -> DeviceCertificate | None:
+def _bound_predecessor(renewed_from_sha256: str | None, device: Device) -> DeviceCertificate | None:
     """The device's current certificate that signed the SCEP RenewalReq this certificate was issued for."""
-    renewed_from = (issued.renewed_from_sha256 or "").lower()
+    renewed_from = (renewed_from_sha256 or "").lower()
     if not renewed_from:
         return None
     return DeviceCertificate.query.filter_by(device_id=device.id, sha256=renewed_from, retired_at=None).first()
+
+
+# --- the per-certificate cache of the hot path ---------------------------------------------------------
+#
+# ``authorized_device_id`` answers "is this certificate bound, not retired, to the device with this UDID"
+# from a per-process cache keyed by the certificate's fingerprint, for AUTH_CACHE_SECONDS. Only that one
+# fact is cached (the state that grants access); every other state (unknown, unbound, retired, renewal,
+# bound elsewhere) is decided by ``authorize`` against the database, every time.
+#
+# Staleness, explicitly:
+# - In this process: never. Every change that takes a certificate's access away (retirement on
+#   re-enrollment or renewal, rebinding) calls ``forget`` when it is made; from just before its transaction
+#   commits until it has ended (``before_commit`` .. ``after_transaction_end`` below) the cache is
+#   neither read nor filled (every request reads the database), and the entries are dropped again after
+#   the commit; an entry is only stored when no such change happened between the read that found it and
+#   the store (``_cache_generation``). So once a retirement has committed, no request of this process
+#   accepts the certificate: a request either read the binding before the commit, or reads it after.
+# - In another worker process of the same server: for at most AUTH_CACHE_SECONDS after the retirement
+#   committed, that process may still accept the retired certificate for requests that need no write
+#   (an Idle with nothing queued: it learns nothing and changes nothing). Every request that writes goes
+#   through ``authorize``, which reads the committed state. Why this is safe: what the cached answer can
+#   give is only ever an empty reply to an Idle (when a command waits, or the last-seen time is due, the
+#   request goes to ``authorize``, which refuses the retired certificate), so the old key gets no command,
+#   learns nothing and changes nothing; and a certificate is retired only because the same device
+#   re-enrolled or renewed (the old key was the device's own a moment ago). A deleted device's binding
+#   goes with it; the cached id and UDID then find no device row and ``authorize`` refuses the request.
+AUTH_CACHE_SECONDS = 5.0
+_AUTH_CACHE_SIZE = 100_000
+_auth_cache: dict[str, tuple[int, str, float]] = {}   # sha256 -> (device id, UDID, expires, monotonic)
+_cache_generation = 0
+
+
+_commits_in_flight = 0    # transactions that forget certificates, between before_commit and its end
+
+
+def _remember(sha256: str, device_id: int, udid: str, generation: int) -> None:
+    with _cache_lock:
+        if generation != _cache_generation or _commits_in_flight:
+            return       # a change was made, or is being committed, since the facts were read
+        if len(_auth_cache) >= _AUTH_CACHE_SIZE:
+            _auth_cache.clear()
+        _auth_cache[sha256] = (device_id, udid, time.monotonic() + AUTH_CACHE_SECONDS)
+
+
+def _drop(sha256s) -> None:
+    global _cache_generation
+    _cache_generation += 1
+    for sha256 in sha256s:
+        _auth_cache.pop(sha256, None)
+
+
+def forget(*sha256s: str) -> None:
+    """Drop these certificates from the cache now, keep the cache out of use while the current transaction
+    commits, and drop them again once it has."""
+    with _cache_lock:
+        _drop(sha256s)
+    db.session.info.setdefault("mdm_certauth_forget", set()).update(sha256s)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session) -> None:
+    global _commits_in_flight
+    pending = session.info.get("mdm_certauth_forget")
+    if pending and not session.info.get("mdm_certauth_in_flight"):
+        with _cache_lock:
+            _commits_in_flight += 1
+            _drop(pending)
+        session.info["mdm_certauth_in_flight"] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction(session, transaction) -> None:
+    """The outermost transaction ended (committed or rolled back; savepoints do not count)."""
+    global _commits_in_flight
+    if transaction.parent is not None:
+        return
+    pending = session.info.pop("mdm_certauth_forget", None)
+    in_flight = session.info.pop("mdm_certauth_in_flight", False)
+    if pending or in_flight:
+        with _cache_lock:
+            _drop(pending or ())
+            if in_flight:
+                _commits_in_flight -= 1
+
+
+def authorized_device_id(identity: Identity, udid: str) -> int | None:
+    """The id of the device with ``udid`` when this certificate is bound to it and not retired; None when
+    anything else is true or unknown (then call ``authorize``, which decides and explains). Never writes:
+    the read path of a check-in that changes nothing. Cached per certificate (see above)."""
+    entry = None if _commits_in_flight else _auth_cache.get(identity.sha256)
+    if entry is not None and entry[2] > time.monotonic():
+        return entry[0] if entry[1] == udid else None
+    generation = _cache_generation
+    row = db.session.execute(_BOUND_TO, {"sha256": identity.sha256}).one_or_none()
+    if row is None or row.retired_at is not None:
+        return None
+    # Bound (only ever to a certificate our SCEP service issued: binding requires its record).
+    _remember(identity.sha256, row.device_id, row.udid, generation)
+    return row.device_id if row.udid == udid else None
 
 
 def bind(identity: Identity, device: Device) -> DeviceCertificate:
@@ -366,6 +496,7 @@ def bind(identity: Identity, device: Device) -> DeviceCertificate:
                                 subject=identity.subject[:255],
                                 not_after=identity.cert.not_valid_after_utc.replace(tzinfo=None))
         db.session.add(row)
+        forget(identity.sha256)
         log.info("bound certificate %s to device %s", identity.sha256[:16], device.udid)
     return row
 
@@ -381,4 +512,6 @@ def bind_new_enrollment(identity: Identity, device: Device) -> list[str]:
                                               DeviceCertificate.retired_at.is_(None)):
         row.retired_at = now
         retired.append(row.sha256)
+    if retired:
+        forget(*retired)
     return retired

@@ -1,4 +1,12 @@
-"""Flask extensions, created unbound and initialised in ``create_app`` through ``init_app``."""
+"""Flask extensions, created unbound and initialised in ``create_app`` through ``init_app``.
+
+SQLite transactions start ``BEGIN IMMEDIATE`` behind a process-wide writer lock (below), except inside
+``read_only()``: there a transaction is a plain deferred ``BEGIN`` that takes no lock, reads one WAL
+snapshot and never waits for the writer. Code inside ``read_only()`` must not write; it ends its
+transaction with a rollback (``read_only`` does that on exit).
+"""
+import contextlib
+import contextvars
 import threading
 
 from flask_migrate import Migrate
@@ -73,11 +81,36 @@ def _writer_lock(engine) -> threading.Lock:
         return _writer_locks.setdefault(key, threading.Lock())
 
 
+_read_only: contextvars.ContextVar[bool] = contextvars.ContextVar("mdm_read_only", default=False)
+
+
+@contextlib.contextmanager
+def read_only():
+    """Run the block's queries in a read transaction of its own: on SQLite a deferred ``BEGIN`` without
+    the writer lock (readers never wait for the writer in WAL mode). The session must not be in a
+    transaction on entry (RuntimeError); the block must not write; its transaction is rolled back on exit,
+    so what follows starts a fresh (write) transaction."""
+    if db.session().in_transaction():
+        raise RuntimeError("read_only() needs a session outside any transaction")
+    token = _read_only.set(True)
+    try:
+        yield
+    finally:
+        try:
+            db.session.rollback()
+        finally:
+            _read_only.reset(token)
+
+
 @event.listens_for(Engine, "begin")
 def _sqlite_begin_immediate(conn):
     """Take the write lock at BEGIN: a deferred transaction that later upgrades to a writer fails with
-    "database is locked" without waiting for the busy timeout, which is what concurrent check-ins hit."""
+    "database is locked" without waiting for the busy timeout, which is what concurrent check-ins hit.
+    Inside ``read_only()`` a deferred BEGIN without the lock."""
     if conn.dialect.name != "sqlite":
+        return
+    if _read_only.get():
+        conn.exec_driver_sql("BEGIN")
         return
     lock = _writer_lock(conn.engine)
     # After a long wait go on anyway: SQLite's own busy timeout then has the last word.

@@ -53,8 +53,13 @@ class Device(db.Model):
 
     def mark_seen(self, now: datetime | None = None) -> None:
         now = now or utcnow()
-        if self.last_seen_at is None or (now - self.last_seen_at).total_seconds() >= self.LAST_SEEN_RESOLUTION_SECONDS:
+        if self.seen_is_due(self.last_seen_at, now):
             self.last_seen_at = now
+
+    @classmethod
+    def seen_is_due(cls, last_seen_at: datetime | None, now: datetime) -> bool:
+        """Whether ``mark_seen`` at ``now`` would write ``last_seen_at`` (at most once a minute)."""
+        return last_seen_at is None or (now - last_seen_at).total_seconds() >= cls.LAST_SEEN_RESOLUTION_SECONDS
 
     @property
     def platform(self) -> str:

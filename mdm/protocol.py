@@ -1,7 +1,9 @@
 """Device-facing MDM endpoints: PUT /mdm/checkin and PUT /mdm/connect.
 
 Thin on purpose: read the body within its size limit, authenticate (mdm/certauth.py), parse the XML
-plist, call the service (mdm/checkin.py, mdm/queue.py), commit, answer. A device never gets 401 or 500:
+plist, call the service (mdm/checkin.py, mdm/queue.py), commit, answer. An ``Idle`` that changes nothing
+(certificate bound and not retired, nothing waiting, last seen under a minute ago) is answered from a
+read transaction: no write lock, nothing committed; anything else takes the write path. A device never gets 401 or 500:
 refusals are 400/403/404/410/413 with the reason logged, and a refused request stores nothing except
 its audit record: ``device.auth_failed`` (identity refused; ``object_id`` is the UDID the message
 claimed, when it could be read), ``device.topic_refused`` (wrong push topic) and ``device.body_too_large``.
@@ -22,8 +24,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from . import certauth, checkin, queue
 from .checkin import ProtocolError, Reply
 from .enroll.pki import get_pki
-from .extensions import db
-from .models import audit
+from .extensions import db, read_only
+from .models import Device, audit, utcnow
 from .plistio import PlistError, loads_xml, require
 
 log = logging.getLogger(__name__)
@@ -60,14 +62,39 @@ def _connect(identity, message: dict, body: bytes) -> Reply:
     if status != "Idle":
         require(message, "CommandUUID")
     udid = checkin.message_udid(message)
+    if status == "Idle" and _idle_changes_nothing(identity, udid, message):
+        return Reply()
     device = certauth.authorize(identity, udid, enrolling=False)
-    if any(key in message for key in ("UserID", "EnrollmentUserID")):
+    if _is_user_channel(message):
         return Reply()   # per-user channel: we queue no user commands
     device.mark_seen()
     command = queue.exchange(device, message, body)
     if command is None:
         return Reply()
     return Reply(200, command.payload, "application/xml; charset=utf-8")
+
+
+def _idle_changes_nothing(identity, udid: str, message: dict) -> bool:
+    """The read path: true when this Idle would write nothing (certificate bound to the device and not
+    retired, nothing offerable, last seen less than a minute ago, or a per-user channel). Runs in a read
+    transaction of its own (no writer lock, nothing committed). False means: take the write path, which
+    decides everything again under the write transaction (and refuses, delivers or records)."""
+    if db.session().in_transaction():
+        return False
+    with read_only():
+        device_id = certauth.authorized_device_id(identity, udid)
+        if device_id is None:
+            return False
+        facts = queue.idle_facts(device_id, udid)
+    if facts is None:
+        return False
+    if _is_user_channel(message):
+        return True      # the write path answers it with nothing and writes nothing either
+    return not facts.waiting and not Device.seen_is_due(facts.last_seen_at, utcnow())
+
+
+def _is_user_channel(message: dict) -> bool:
+    return any(key in message for key in ("UserID", "EnrollmentUserID"))
 
 
 def _device_request(endpoint: str, limit: int, service) -> Response:

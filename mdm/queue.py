@@ -7,6 +7,8 @@ offerable until a final status (Acknowledged, Error, CommandFormatError) arrives
   the device's next Idle: a device says Idle only when it has no result to report, so an unanswered
   ``sent`` command never reached it, or its answer was lost.
 Commands go out oldest first. All functions work in the caller's transaction; the caller commits.
+``idle_facts`` only reads: an Idle that finds nothing waiting (and a last-seen time less than a minute
+old) is answered without a write transaction (mdm/protocol.py).
 
 A new enrollment (Authenticate) clears the queue, as NanoMDM does: every command still waiting becomes
 ``cancelled`` (kept for the history, never offered again, and a late report for it changes nothing).
@@ -17,6 +19,8 @@ import inspect
 import logging
 import plistlib
 import uuid
+
+from sqlalchemy import bindparam, exists, select
 
 from . import commands
 from .commands import CommandError
@@ -107,6 +111,22 @@ def next_command(device: Device) -> Command | None:
     """The oldest command still waiting for a final answer (queued, or sent but never answered)."""
     return (Command.query.filter(Command.device_id == device.id, Command.status.in_(OFFERABLE))
             .order_by(Command.id).first())
+
+
+_commands = Command.__table__
+_devices = Device.__table__
+# The read path of an Idle (mdm/protocol.py): the device's last-seen time and whether anything waits for
+# it, in one round trip. Built once, so SQLAlchemy compiles it once.
+_IDLE_FACTS = (select(_devices.c.last_seen_at,
+                      exists().where(_commands.c.device_id == _devices.c.id,
+                                     _commands.c.status.in_(OFFERABLE)).label("waiting"))
+               .where(_devices.c.id == bindparam("device_id"), _devices.c.udid == bindparam("udid")))
+
+
+def idle_facts(device_id: int, udid: str):
+    """(last_seen_at, waiting) of the device: ``waiting`` is true when a command is offerable (queued, or
+    sent and never answered). None when no device has this id and UDID (deleted). Reads only."""
+    return db.session.execute(_IDLE_FACTS, {"device_id": device_id, "udid": udid}).one_or_none()
 
 
 def cancel_pending(device: Device) -> list[Command]:

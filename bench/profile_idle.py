@@ -1,0 +1,94 @@
+"""In-process profile of one signed ``Idle`` with an empty queue: the Flask app through its test client
+(no TLS, no HTTP server), so the figure is the application's own CPU per request.
+
+    .venv/bin/python bench/profile_idle.py [--requests 2000] [--profile] [--top 25]
+
+One simulated device identity (issued by the app's CA and recorded as SCEP would), Authenticate +
+TokenUpdate, its enrollment commands answered; then the same pre-signed Idle body is replayed
+``--requests`` times. Prints one JSON line: CPU ms per request (``time.process_time``), SQL statements
+and transactions (``BEGIN``) per request, counted with SQLAlchemy engine events. ``--profile`` adds a
+cProfile of the loop (cumulative time, the top entries) on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import plistlib
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # the test helpers: a device identity and real CMS signatures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+
+    from sqlalchemy import event
+
+    from mdm.enroll.pki import ensure_pki
+    from mdm.extensions import db
+    from test_certauth import DeviceIdentity, make_protocol_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="mdm-profile-idle-"))
+    template = tmp / "certs-template"
+    ensure_pki(template, ["localhost", "127.0.0.1"], "Test Org")
+    app = make_protocol_app(tmp, template)
+    client = app.test_client()
+    ident = DeviceIdentity(app)
+    ident.enroll(client)
+    response = ident.connect(client)
+    while response.data:   # answer the enrollment commands until the queue is empty
+        uuid = plistlib.loads(response.data)["CommandUUID"]
+        response = ident.connect(client, "Acknowledged", CommandUUID=uuid)
+    body = plistlib.dumps({"UDID": ident.udid, "Status": "Idle"}, fmt=plistlib.FMT_XML)
+    headers = {"Mdm-Signature": ident.sign(body), "Content-Type": "application/x-apple-aspen-mdm-checkin"}
+
+    counts = {"statements": 0, "begins": 0, "commits": 0}
+    with app.app_context():
+        engine = db.engine
+
+    def count(name):
+        def listener(*_args, **_kwargs):
+            counts[name] += 1
+        return listener
+    event.listen(engine, "before_cursor_execute", count("statements"))
+    event.listen(engine, "begin", count("begins"))
+    event.listen(engine, "commit", count("commits"))
+
+    for _ in range(50):   # warm-up: caches, the connection pool
+        assert client.put("/mdm/connect", data=body, headers=headers).status_code == 200
+    for key in counts:
+        counts[key] = 0
+    profiler = cProfile.Profile() if args.profile else None
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for _ in range(args.requests):
+        response = client.put("/mdm/connect", data=body, headers=headers)
+        assert response.status_code == 200 and not response.data, response.data
+    if profiler:
+        profiler.disable()
+    cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+    print(json.dumps({"bench": "profile-idle", "requests": args.requests,
+                      "cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
+                      "wall_ms_per_request": round(1000 * wall / args.requests, 3),
+                      **{f"{k}_per_request": round(v / args.requests, 2) for k, v in counts.items()}}), flush=True)
+    if profiler:
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("cumulative").print_stats(args.top)
+        stats.sort_stats("tottime").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
