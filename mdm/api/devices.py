@@ -6,8 +6,8 @@ from flask import jsonify, request
 from ..accounts import Role
 from ..extensions import db
 from ..models import Command, Device, audit
-from ..ui import current_actor, current_source
-from ..ui.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
+from ..accounts.access import api_error, requires
 from ..ui.device_query import DeviceFilters, device_page
 from ..ui.rooms import ADMIN_COMMANDS, NotAvailable, queue_device_command, service
 from . import bp

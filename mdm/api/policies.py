@@ -7,8 +7,8 @@ from flask import jsonify, request
 
 from ..accounts import Role
 from ..extensions import db
-from ..ui import current_actor, current_source
-from ..ui.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
+from ..accounts.access import api_error, requires
 from ..ui.rooms import service
 from . import bp
 

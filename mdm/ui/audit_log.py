@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from ..accounts import Role
 from ..extensions import db
 from ..models import AuditEvent
-from .access import is_htmx, requires
+from ..accounts.access import is_htmx, requires
 
 bp = Blueprint("audit_log", __name__, url_prefix="/audit")
 PAGE_SIZE = 100

@@ -11,7 +11,7 @@ from sqlalchemy import func, or_, select
 from ..accounts import Role
 from ..extensions import db
 from ..models import Device, utcnow
-from .access import requires
+from ..accounts.access import requires
 from .charts import compliance_line
 from .policy_stats import compliance_by_policy, compliance_history, scope_by_policy, upcoming_deadline_count, \
     upcoming_deadlines

@@ -7,8 +7,8 @@ from flask_login import current_user
 from ..accounts import Role
 from ..extensions import db
 from ..models import Command, Device, DeviceCertificate, DeviceGroup, audit
-from . import current_actor, current_source
-from .access import is_htmx, requires
+from ..accounts.actor import current_actor, current_source
+from ..accounts.access import is_htmx, requires
 from .bulk_commands import BulkRefusal, check_bulk_command, confirmation_phrase
 from .device_query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
 from .group_ops import GroupError, add_members

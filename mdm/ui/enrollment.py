@@ -8,8 +8,9 @@ from flask import Blueprint, Response, abort, flash, render_template, request, u
 
 from ..accounts import Role
 from ..extensions import db
-from . import current_actor, current_source
-from .access import redirect_after_change, requires
+from ..accounts.actor import current_actor, current_source
+from ..accounts.access import requires
+from .responses import redirect_after_change
 from .rooms import NotAvailable
 
 bp = Blueprint("enrollment", __name__, url_prefix="/enrollment")

@@ -7,8 +7,9 @@ from sqlalchemy import func, select
 from ..accounts import Role
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members
-from . import current_actor, current_source
-from .access import is_htmx, redirect_after_change, requires
+from ..accounts.actor import current_actor, current_source
+from ..accounts.access import is_htmx, requires
+from .responses import redirect_after_change
 from .device_query import DeviceFilters, device_page
 from .group_ops import GroupError, add_members, create_group, delete_group, remove_members, update_group
 

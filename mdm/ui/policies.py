@@ -8,8 +8,9 @@ from flask_login import current_user
 from ..accounts import Role
 from ..extensions import db
 from ..models import Device, DeviceGroup
-from . import current_actor, current_source
-from .access import is_htmx, redirect_after_change, requires
+from ..accounts.actor import current_actor, current_source
+from ..accounts.access import is_htmx, requires
+from .responses import redirect_after_change
 from .device_query import DeviceFilters, device_page
 from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, MACOS_ONLY_SETTINGS,
                           errors_by_field, form_to_data, platform_label)

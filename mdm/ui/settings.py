@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives import hashes
 
 from ..accounts import Role
 from ..models import utcnow
-from . import current_actor
-from .access import is_htmx, redirect_after_change, requires
+from ..accounts.actor import current_actor
+from ..accounts.access import is_htmx, requires
+from .responses import redirect_after_change
 from .rooms import service
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
