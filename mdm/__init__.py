@@ -49,6 +49,11 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
     from .api import bp as api_bp
     app.register_blueprint(api_bp)
 
+    from . import backup, cli_core, push_cli  # noqa: F401  (each room's CLI module adds its commands)
     from .cli import mdm_cli
+    from .ddm import cli as ddm_cli  # noqa: F401
+    from .enroll import cli as enroll_cli  # noqa: F401
+    from .simulator import cli as simulator_cli  # noqa: F401
+    from .ui import cli as ui_cli  # noqa: F401
     app.cli.add_command(mdm_cli)
     return app

@@ -13,11 +13,12 @@ from flask import Blueprint, Response, current_app, flash, render_template, requ
 from cryptography.hazmat.primitives import hashes
 
 from ..accounts import Role
+from .. import pushcert
+from ..ddm.catalog import DEFAULT_URL, catalog_status
 from ..models import utcnow
 from ..accounts.actor import current_actor
 from ..accounts.access import is_htmx, requires
 from .responses import redirect_after_change
-from .rooms import service
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -42,8 +43,7 @@ def _ca_details() -> dict:
 
 
 def _catalog_status() -> dict | None:
-    status = service("mdm.ddm.catalog", "catalog_status")
-    return status() if status else None
+    return catalog_status()
 
 
 def _schedule() -> list[tuple[str, str]]:
@@ -56,11 +56,8 @@ def _schedule() -> list[tuple[str, str]]:
 
 
 def _push_status() -> dict | None:
-    status = service("mdm.pushcert", "status")
-    if status is None:
-        return None
     try:
-        return status()
+        return pushcert.status()
     except Exception as exc:
         return {"error": str(exc)}
 
@@ -90,11 +87,7 @@ def index(push_error: str | None = None, status_code: int = 200):
 
 
 def _default_feed_url() -> str:
-    try:
-        from ..ddm.catalog import DEFAULT_URL
-        return DEFAULT_URL
-    except ImportError:
-        return "https://gdmf.apple.com/v2/pmv"
+    return DEFAULT_URL
 
 
 @bp.route("/push/csr", methods=["POST"])
