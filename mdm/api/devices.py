@@ -4,13 +4,13 @@ from __future__ import annotations
 from flask import jsonify, request
 
 from ..accounts import Role
-from ..extensions import db
+from ..accounts.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
 from ..ddm.results import results_for_device
 from ..devices.commands import ADMIN_COMMANDS, queue_device_command
 from ..devices.query import DeviceFilters, device_page
+from ..extensions import db
 from ..models import Command, Device
-from ..accounts.actor import current_actor, current_source
-from ..accounts.access import api_error, requires
 from . import bp
 from .serialize import command_json, device_json
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from flask import jsonify, request
 
 from ..accounts import Role
+from ..accounts.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
 from ..ddm import policies as ddm_policies
 from ..ddm.models import PatchPolicy
 from ..ddm.results import results_for_policy
 from ..ddm.rings import load_default_rings
 from ..extensions import db
-from ..accounts.actor import current_actor, current_source
-from ..accounts.access import api_error, requires
 from . import bp
 
 

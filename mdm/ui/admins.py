@@ -12,10 +12,10 @@ from flask_login import current_user
 
 from ..accounts import (AccountError, AdminUser, ApiToken, Role, active_administrators, create_admin,
                         create_api_token, end_sessions, generate_password, tokens_owned_by)
+from ..accounts.access import requires
+from ..accounts.actor import current_actor, current_source
 from ..extensions import db
 from ..models import audit, utcnow
-from ..accounts.actor import current_actor, current_source
-from ..accounts.access import requires
 from .responses import redirect_after_change
 
 bp = Blueprint("admins", __name__)

@@ -12,11 +12,11 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_user, logout_user
 
 from ..accounts import AccountError, Role, authenticate, end_session, start_session
+from ..accounts.access import public, requires, safe_next
+from ..accounts.actor import current_source
 from ..extensions import db
 from ..models import audit
 from ..throttle import clear_login_failures, client_address, login_lock, record_login_failure
-from ..accounts.actor import current_source
-from ..accounts.access import public, requires, safe_next
 
 bp = Blueprint("auth", __name__)
 

@@ -8,12 +8,12 @@ from datetime import timedelta
 from flask import Blueprint, render_template
 from sqlalchemy import func, or_, select
 
-from ..accounts import Role
 from .. import pushcert
+from ..accounts import Role
+from ..accounts.access import requires
 from ..ddm.policies import list_policies
 from ..extensions import db
 from ..models import Device, utcnow
-from ..accounts.access import requires
 from .charts import compliance_line
 from .policy_stats import compliance_by_policy, compliance_history, scope_by_policy, upcoming_deadline_count, \
     upcoming_deadlines

@@ -7,10 +7,10 @@ import io
 from flask import Blueprint, Response, abort, flash, render_template, request, url_for
 
 from ..accounts import Role
+from ..accounts.access import requires
+from ..accounts.actor import current_actor, current_source
 from ..enroll import tokens
 from ..extensions import db
-from ..accounts.actor import current_actor, current_source
-from ..accounts.access import requires
 from .responses import redirect_after_change
 
 bp = Blueprint("enrollment", __name__, url_prefix="/enrollment")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from ..accounts import Role
-from ..extensions import db
+from ..accounts.access import is_htmx, requires
+from ..accounts.actor import current_actor, current_source
 from ..ddm.group_admin import GroupError, add_members, create_group, delete_group, member_counts, remove_members, \
     update_group
 from ..devices.query import DeviceFilters, device_page
+from ..extensions import db
 from ..models import Device, DeviceGroup
-from ..accounts.actor import current_actor, current_source
-from ..accounts.access import is_htmx, requires
 from .responses import redirect_after_change
 
 bp = Blueprint("groups", __name__, url_prefix="/groups")

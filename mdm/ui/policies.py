@@ -6,18 +6,18 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
 from ..accounts import Role
-from ..extensions import db
+from ..accounts.access import requires
+from ..accounts.actor import current_actor, current_source
 from ..ddm import policies as ddm_policies
 from ..ddm.results import results_for_policy
 from ..ddm.rings import load_default_rings
 from ..devices.query import DeviceFilters, device_page
+from ..extensions import db
 from ..models import Device, DeviceGroup
-from ..accounts.actor import current_actor, current_source
-from ..accounts.access import requires
-from .responses import redirect_after_change
 from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, MACOS_ONLY_SETTINGS,
                           errors_by_field, form_to_data, platform_label)
 from .policy_stats import compliance_by_policy, scope_by_policy
+from .responses import redirect_after_change
 
 bp = Blueprint("policies", __name__)
 

@@ -12,12 +12,12 @@ import threading
 from flask import Blueprint, Response, current_app, flash, render_template, request, url_for
 from cryptography.hazmat.primitives import hashes
 
-from ..accounts import Role
 from .. import pushcert
+from ..accounts import Role
+from ..accounts.access import is_htmx, requires
+from ..accounts.actor import current_actor
 from ..ddm.catalog import DEFAULT_URL, catalog_status
 from ..models import utcnow
-from ..accounts.actor import current_actor
-from ..accounts.access import is_htmx, requires
 from .responses import redirect_after_change
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
