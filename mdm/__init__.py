@@ -38,9 +38,22 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
     app.register_blueprint(protocol_bp)
     app.register_blueprint(enroll_bp)
 
+    # Accounts decide who may call which route (one guard for every request); the admin UI and the
+    # JSON API are siblings above them that never import each other.
+    from .accounts.guard import init_access
+    from .accounts.login import init_login
+    init_login(app)
+    init_access(app)
     from .ui import init_ui
     init_ui(app)
+    from .api import bp as api_bp
+    app.register_blueprint(api_bp)
 
+    from . import backup, cli_core, push_cli  # noqa: F401  (each room's CLI module adds its commands)
     from .cli import mdm_cli
+    from .ddm import cli as ddm_cli  # noqa: F401
+    from .enroll import cli as enroll_cli  # noqa: F401
+    from .simulator import cli as simulator_cli  # noqa: F401
+    from .ui import cli as ui_cli  # noqa: F401
     app.cli.add_command(mdm_cli)
     return app

@@ -1,4 +1,7 @@
-"""``flask mdm …``: the operator's command group. Each room adds its own subcommands here."""
+"""``flask mdm …``: the operator's command group. Each room adds its own subcommands here from its
+CLI module (mdm/cli_core.py, mdm/push_cli.py, mdm/backup.py, mdm/enroll/cli.py, mdm/ddm/cli.py,
+mdm/ui/cli.py, mdm/simulator/cli.py); the app factory (mdm/__init__.py) imports those modules, so
+this group imports no room and every room may import it."""
 from __future__ import annotations
 
 import click
@@ -18,19 +21,3 @@ def init_command():
         raise click.ClickException(str(exc)) from None
     for line in lines:
         click.echo(line)
-
-
-def _register_subcommands():
-    # Each room owns its CLI module; importing it attaches its commands to ``mdm_cli``.
-    import importlib
-    for module in ("mdm.cli_core", "mdm.enroll.cli", "mdm.push_cli", "mdm.ddm.cli", "mdm.ui.cli",
-                   "mdm.simulator.cli", "mdm.backup"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # A room without a CLI module yet; any other missing import is a real error.
-            if not module.startswith(exc.name or "\0"):
-                raise
-
-
-_register_subcommands()

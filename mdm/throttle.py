@@ -17,7 +17,7 @@ Sign-in. Failed admin sign-ins count against two keys: the (account name, addres
 deliberately no per-account key: a stranger can lock only their own address out, never the
 administrator signing in from elsewhere. Unknown account names are counted exactly like real ones,
 and the 429 message is the same, so neither reveals which accounts exist. The counters are rows in
-the database (``LoginThrottle`` in mdm/accounts.py), shared by every web process and kept across
+the database (``LoginThrottle`` in mdm/accounts/models.py), shared by every web process and kept across
 restarts. The start of each lock is audited (``admin.login_throttled``); each refused attempt is logged.
 """
 from __future__ import annotations

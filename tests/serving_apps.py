@@ -22,7 +22,7 @@ from mdm.serve import bridge_for, die_with_parent
 
 def _echo_app():
     app = create_app({"WTF_CSRF_METHODS": []})   # /_echo is a test route, not a form
-    from mdm.ui.access import public
+    from mdm.accounts.access import public
     received = Path(app.instance_path) / "received.log"
 
     @app.route("/_echo", methods=["PUT", "POST"])

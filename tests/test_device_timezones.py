@@ -278,9 +278,9 @@ def fixed_clock(monkeypatch):
     """The pages read the clock through ``utcnow`` in these modules; pin it to NOW."""
     import mdm.ddm.results
     import mdm.ui.device_facts
-    import mdm.ui.device_query
+    import mdm.devices.query
     import mdm.ui.policy_stats
-    for module in (mdm.ddm.results, mdm.ui.device_facts, mdm.ui.device_query, mdm.ui.policy_stats):
+    for module in (mdm.ddm.results, mdm.ui.device_facts, mdm.devices.query, mdm.ui.policy_stats):
         monkeypatch.setattr(module, "utcnow", lambda: NOW)
     return NOW
 

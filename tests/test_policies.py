@@ -261,7 +261,7 @@ def test_a_request_that_changes_facts_recomputes_before_answering(app):
         device_facts_changed.send(device, changed={"os_version"})
         db.session.commit()
         return "ok"
-    probe.is_public = True          # past the admin UI's login guard (mdm.ui.access.public)
+    probe.is_public = True          # past the admin UI's login guard (mdm.accounts.access.public)
     app.register_blueprint(bp)
     with app.app_context():
         from mdm.ddm import catalog

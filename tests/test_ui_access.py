@@ -12,7 +12,7 @@ from conftest import make_app
 from mdm.accounts import AdminUser, Role
 from mdm.extensions import db
 from mdm.models import AuditEvent, DeviceGroup
-from mdm.ui.access import DEVICE_FACING_PREFIXES, is_device_facing
+from mdm.accounts.access import DEVICE_FACING_PREFIXES, is_device_facing
 from test_ui_support import HTTPS, PASSWORD, Browser, add_devices, iphone, make_admin, make_token, signed_in
 
 R, H, M, A, PUBLIC = Role.ReadOnly, Role.HelpDesk, Role.Manager, Role.Administrator, "public"

@@ -126,7 +126,7 @@ def test_edit_bind_group_results_preview_and_delete(app):
     manager = signed_in(app, Role.Manager, "mgr")
     manager.post("/patch-management", VALID)
     policy_id = policy_id_of(app, "Pilot iPhones")
-    from mdm.ui.group_ops import add_members
+    from mdm.ddm.group_admin import add_members
     with app.app_context():
         add_members(db.session.get(DeviceGroup, group_id), ids, actor="test")
     assert manager.post(f"/patch-management/{policy_id}/bindings", {"group_id": str(group_id)}).status_code == 303

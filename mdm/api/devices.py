@@ -4,12 +4,13 @@ from __future__ import annotations
 from flask import jsonify, request
 
 from ..accounts import Role
+from ..accounts.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
+from ..ddm.results import results_for_device
+from ..devices.commands import ADMIN_COMMANDS, queue_device_command
+from ..devices.query import DeviceFilters, device_page
 from ..extensions import db
-from ..models import Command, Device, audit
-from ..ui import current_actor, current_source
-from ..ui.access import api_error, requires
-from ..ui.device_query import DeviceFilters, device_page
-from ..ui.rooms import ADMIN_COMMANDS, NotAvailable, queue_device_command, service
+from ..models import Command, Device
 from . import bp
 from .serialize import command_json, device_json
 
@@ -67,15 +68,10 @@ def queue_command(device_id):
     if not isinstance(body, dict) or not isinstance(body.get("request_type"), str):
         return api_error(400, f"request_type: required, one of {', '.join(ADMIN_COMMANDS)}")
     try:
-        command = queue_device_command(device, body["request_type"], actor=current_actor())
-    except NotAvailable as exc:
-        db.session.rollback()
-        return api_error(501, str(exc))
+        command = queue_device_command(device, body["request_type"], actor=current_actor(), source=current_source())
     except ValueError as exc:
         db.session.rollback()
         return api_error(400, str(exc))
-    audit("command.queue", actor=current_actor(), source=current_source(), object_type="device",
-          object_id=device.id, after={"request_type": command.request_type, "command_uuid": command.uuid})
     db.session.commit()
     return jsonify(command_json(command)), 201
 
@@ -95,7 +91,4 @@ def device_results(device_id):
     device = _device(device_id)
     if device is None:
         return api_error(404, f"no device {device_id}")
-    results_for_device = service("mdm.ddm.results", "results_for_device")
-    if results_for_device is None:
-        return api_error(501, "policy results are not available in this build yet")
     return jsonify({"device_id": device.id, "results": [r.as_dict() for r in results_for_device(device)]})

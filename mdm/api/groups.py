@@ -4,13 +4,12 @@ from __future__ import annotations
 from flask import jsonify, request
 
 from ..accounts import Role
+from ..accounts.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
+from ..ddm.group_admin import GroupError, add_members, create_group, delete_group, member_counts, member_ids_of, \
+    remove_members, update_group
 from ..extensions import db
 from ..models import Device, DeviceGroup
-from ..ui import current_actor, current_source
-from ..ui.access import api_error, requires
-from ..ui.group_ops import GroupError, add_members, create_group, delete_group, member_ids_of, remove_members, \
-    update_group
-from ..ui.groups import member_counts
 from . import bp
 from .serialize import device_json, group_json
 

@@ -7,7 +7,7 @@ import re
 from flask import current_app, jsonify
 
 from ..accounts import ROLE_NAMES
-from ..ui.access import public, required_role_for
+from ..accounts.access import public, required_role_for
 from . import bp
 
 POLICY_FIELDS = {

@@ -6,16 +6,14 @@ from __future__ import annotations
 from flask import jsonify, request
 
 from ..accounts import Role
+from ..accounts.access import api_error, requires
+from ..accounts.actor import current_actor, current_source
+from ..ddm import policies as ddm_policies
+from ..ddm.models import PatchPolicy
+from ..ddm.results import results_for_policy
+from ..ddm.rings import load_default_rings
 from ..extensions import db
-from ..ui import current_actor, current_source
-from ..ui.access import api_error, requires
-from ..ui.rooms import service
 from . import bp
-
-
-def _policies():
-    from ..ddm import policies
-    return policies
 
 
 def _policy_error(exc, status: int = 400):
@@ -30,7 +28,6 @@ def _sentence(message: str) -> str:
 
 
 def _find(policy_id: int):
-    from ..ddm.models import PatchPolicy
     return db.session.get(PatchPolicy, policy_id)
 
 
@@ -42,14 +39,14 @@ def _body() -> dict | None:
 @bp.get("/policies")
 @requires(Role.ReadOnly)
 def list_policies():
-    p = _policies()
+    p = ddm_policies
     return jsonify({"policies": [p.policy_summary(x) for x in p.list_policies()]})
 
 
 @bp.post("/policies")
 @requires(Role.Manager)
 def create_policy():
-    p, body = _policies(), _body()
+    p, body = ddm_policies, _body()
     if body is None:
         return api_error(400, "send the policy fields as a JSON object")
     body = dict(body)
@@ -71,13 +68,13 @@ def get_policy(policy_id):
     policy = _find(policy_id)
     if policy is None:
         return api_error(404, f"no patch policy {policy_id}")
-    return jsonify(_policies().policy_summary(policy))
+    return jsonify(ddm_policies.policy_summary(policy))
 
 
 @bp.patch("/policies/<int:policy_id>")
 @requires(Role.Manager)
 def update_policy(policy_id):
-    p, body = _policies(), _body()
+    p, body = ddm_policies, _body()
     policy = _find(policy_id)
     if policy is None:
         return api_error(404, f"no patch policy {policy_id}")
@@ -97,7 +94,7 @@ def delete_policy(policy_id):
     policy = _find(policy_id)
     if policy is None:
         return api_error(404, f"no patch policy {policy_id}")
-    _policies().delete_policy(policy, actor=current_actor(), source=current_source())
+    ddm_policies.delete_policy(policy, actor=current_actor(), source=current_source())
     return "", 204
 
 
@@ -123,7 +120,7 @@ def unbind_policy(policy_id):
 
 def _change_bindings(policy_id: int, service_name: str, summarise):
     """Bind or unbind (the policies service function ``service_name``) the devices and groups in the body."""
-    p, body = _policies(), _body()
+    p, body = ddm_policies, _body()
     policy = _find(policy_id)
     if policy is None:
         return api_error(404, f"no patch policy {policy_id}")
@@ -142,10 +139,7 @@ def _change_bindings(policy_id: int, service_name: str, summarise):
 @bp.post("/policies/load-defaults")
 @requires(Role.Manager)
 def load_defaults():
-    load = service("mdm.ddm.rings", "load_default_rings")
-    if load is None:
-        return api_error(501, "loading the default rings is not available in this build yet")
-    results = load(actor=current_actor(), source=current_source())
+    results = load_default_rings(actor=current_actor(), source=current_source())
     return jsonify({"rings": [r.as_dict() for r in results],
                     "created": any(r.created_group or r.created_policy for r in results)})
 
@@ -155,9 +149,6 @@ def load_defaults():
 def policy_results(policy_id):
     if _find(policy_id) is None:
         return api_error(404, f"no patch policy {policy_id}")
-    results_for_policy = service("mdm.ddm.results", "results_for_policy")
-    if results_for_policy is None:
-        return api_error(501, "policy results are not available in this build yet")
     with_history = request.args.get("history") in ("1", "true", "yes")
     return jsonify({"policy_id": policy_id,
                     "results": [r.as_dict() for r in results_for_policy(policy_id, with_history=with_history)]})

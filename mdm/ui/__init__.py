@@ -1,21 +1,22 @@
-"""Admin web UI (HTMX) and the JSON API: blueprints, login, CSRF, access rules, error pages (styled 404/500
-for admin pages, JSON for the API, device-facing routes untouched: ``error_pages``), first-run account."""
+"""Admin web UI (HTMX): blueprints, session cookies, templating, error pages (styled 404/500 for admin
+pages, JSON for the API, device-facing routes untouched: ``error_pages``), first-run account.
+
+Login, CSRF and access rules are the accounts room's (mdm/accounts/: the app factory wires them); the
+JSON API (mdm/api/) is a sibling registered by the app factory: neither imports the other."""
 from __future__ import annotations
 
 import os
 from datetime import timedelta
 from pathlib import Path
 
-from flask import g, request
-from flask_login import LoginManager, current_user
+from flask import current_app
 
-login_manager = LoginManager()
+from ..accounts import AdminUser, Role, create_admin, generate_password
+from ..extensions import db
+from ..models import audit
 
 
 def init_ui(app) -> None:
-    from .. import accounts  # noqa: F401  (register the account tables before create_all)
-    from .access import init_access
-
     # Flask ships its own defaults for these (insecure for us), so they are set, not defaulted.
     # Secure even when TLS is terminated by a proxy: the browser still talks HTTPS.
     app.config.update(SESSION_COOKIE_SECURE=True, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
@@ -25,17 +26,11 @@ def init_ui(app) -> None:
     app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
     app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
 
-    login_manager.init_app(app)
-    login_manager.session_protection = "basic"
-    init_access(app)
-
     from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
                    static_files)
     for module in (auth, static_files, dashboard, devices, groups, policies, enrollment, settings, admins,
                    audit_log):
         app.register_blueprint(module.bp)
-    from ..api import bp as api_bp
-    app.register_blueprint(api_bp)
 
     from .templating import init_templating
     init_templating(app)
@@ -44,23 +39,9 @@ def init_ui(app) -> None:
     app.extensions.setdefault("mdm_init_hooks", []).append(ensure_first_admin)
 
 
-@login_manager.user_loader
-def _load_user(session_id: str):
-    """Sessions live on the server: mdm/accounts.py (``user_for_session``) says which are alive."""
-    from flask import current_app
-
-    from ..accounts import user_for_session
-    return user_for_session(session_id, current_app.permanent_session_lifetime)
-
-
 def ensure_first_admin() -> list[str]:
     """Init hook: on first run create an Administrator and print its credentials; afterwards, remind
     the operator where the first password is while that file still exists."""
-    from flask import current_app
-
-    from ..accounts import AdminUser, Role, create_admin, generate_password
-    from ..extensions import db
-    from ..models import audit
     path = Path(current_app.instance_path) / "initial-admin-password"
     if AdminUser.query.count() == 0:
         password = generate_password()
@@ -84,16 +65,3 @@ def ensure_first_admin() -> list[str]:
             return [f"First administrator: username {first.username}, password {password}",
                     f"  (from {path}; change the password to stop printing it)"]
     return []
-
-
-def current_actor() -> str:
-    """Who is acting, for the audit log: the admin's username or "api:<token name>"."""
-    if getattr(g, "actor", None):
-        return g.actor
-    if current_user and current_user.is_authenticated:
-        return current_user.username
-    return "anonymous"
-
-
-def current_source() -> str | None:
-    return request.remote_addr

@@ -3,7 +3,7 @@ tokens. The last active Administrator can be neither demoted nor disabled, and n
 themselves.
 
 A role change, a disable and a password reset end every session of that account on the server
-(mdm/accounts.py); the audit event says how many. A disabled account's API tokens are refused until
+(mdm/accounts/); the audit event says how many. A disabled account's API tokens are refused until
 it is enabled again; its sessions never come back. Tokens made here are owned by their maker."""
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from flask_login import current_user
 
 from ..accounts import (AccountError, AdminUser, ApiToken, Role, active_administrators, create_admin,
                         create_api_token, end_sessions, generate_password, tokens_owned_by)
+from ..accounts.access import requires
+from ..accounts.actor import current_actor, current_source
 from ..extensions import db
 from ..models import audit, utcnow
-from . import current_actor, current_source
-from .access import redirect_after_change, requires
+from .responses import redirect_after_change
 
 bp = Blueprint("admins", __name__)
 

@@ -14,9 +14,9 @@ from flask import Blueprint, render_template, request
 from sqlalchemy import func, select
 
 from ..accounts import Role
+from ..accounts.access import is_htmx, requires
 from ..extensions import db
 from ..models import AuditEvent
-from .access import is_htmx, requires
 
 bp = Blueprint("audit_log", __name__, url_prefix="/audit")
 PAGE_SIZE = 100

@@ -1,6 +1,6 @@
 """Sign in, sign out, change your own password.
 
-Sessions end on the server (mdm/accounts.py): sign-in starts a server-side session, sign-out ends it,
+Sessions end on the server (mdm/accounts/): sign-in starts a server-side session, sign-out ends it,
 a password change ends every session of the account and starts a fresh one for this browser.
 Sign-in is throttled per (account, address) and per address (mdm/throttle.py): a locked key answers
 429 with Retry-After and one generic message, and the start of each lock is audited."""
@@ -12,11 +12,11 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_user, logout_user
 
 from ..accounts import AccountError, Role, authenticate, end_session, start_session
+from ..accounts.access import public, requires, safe_next
+from ..accounts.actor import current_source
 from ..extensions import db
 from ..models import audit
 from ..throttle import clear_login_failures, client_address, login_lock, record_login_failure
-from . import current_source
-from .access import public, requires, safe_next
 
 bp = Blueprint("auth", __name__)
 

@@ -8,14 +8,15 @@ from datetime import timedelta
 from flask import Blueprint, render_template
 from sqlalchemy import func, or_, select
 
+from .. import pushcert
 from ..accounts import Role
+from ..accounts.access import requires
+from ..ddm.policies import list_policies
 from ..extensions import db
 from ..models import Device, utcnow
-from .access import requires
 from .charts import compliance_line
 from .policy_stats import compliance_by_policy, compliance_history, scope_by_policy, upcoming_deadline_count, \
     upcoming_deadlines
-from .rooms import service
 
 bp = Blueprint("dashboard", __name__)
 
@@ -43,11 +44,8 @@ def untargeted_counts() -> dict[str, int]:
 
 
 def push_certificate_status() -> dict | None:
-    status = service("mdm.pushcert", "status")
-    if status is None:
-        return None
     try:
-        return status()
+        return pushcert.status()
     except Exception as exc:  # a broken push identity must not take the dashboard down
         return {"error": str(exc)}
 
@@ -55,12 +53,7 @@ def push_certificate_status() -> dict | None:
 @bp.route("/")
 @requires(Role.ReadOnly)
 def index():
-    policies = []
-    try:
-        from ..ddm.policies import list_policies
-        policies = list_policies()
-    except ImportError:
-        pass
+    policies = list_policies()
     compliance = compliance_by_policy()
     charts = {p.id: compliance_line(compliance_history(p.id), title=f"{p.name}: percent compliant per day")
               for p in policies}

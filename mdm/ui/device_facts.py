@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..ddm.results import results_for_device
+from ..ddm.state_models import DeclarationSet, DeviceStatus
 from ..ddm.targets import ZONE_UNKNOWN, deadline_passed_everywhere, zone_named
 from ..extensions import db
 from ..models import utcnow
-from .rooms import service
 
 
 @dataclass
@@ -98,10 +99,6 @@ def time_zone_of(device) -> str | None:
 
 
 def declarations_for(device) -> list[DeclarationRow]:
-    try:
-        from ..ddm.state_models import DeclarationSet, DeviceStatus
-    except ImportError:
-        return []
     dset = db.session.get(DeclarationSet, device.id)
     status = db.session.get(DeviceStatus, device.id)
     reported = (status.declarations if status else None) or {}
@@ -116,33 +113,14 @@ def declarations_for(device) -> list[DeclarationRow]:
     return rows
 
 
-def declaration_notes_for(device) -> list:
-    try:
-        from ..ddm.state_models import DeclarationSet
-    except ImportError:
-        return []
-    dset = db.session.get(DeclarationSet, device.id)
-    return list((dset.notes if dset else None) or [])
-
-
 def policy_results_for(device) -> list[ResultRow]:
-    """Results through the DDM results service (recomputed now) when present, else the stored rows."""
+    """Results through the DDM results service (mdm/ddm/results.py, recomputed now), shaped for display."""
     rows = []
-    results_for_device = service("mdm.ddm.results", "results_for_device")
-    if results_for_device is not None:
-        for r in results_for_device(device):
-            row = _row_from(r)
-            row.reasons = list(getattr(r, "reasons", None) or [])
-            row.history = list(reversed(getattr(r, "history", None) or []))
-            rows.append(row)
-        return rows
-    try:
-        from ..ddm.state_models import PolicyResult
-    except ImportError:
-        return []
-    for r in PolicyResult.query.filter_by(device_id=device.id).order_by(PolicyResult.policy_name):
-        rows.append(_row_from(r))
-    _attach_history(device, rows)
+    for r in results_for_device(device):
+        row = _row_from(r)
+        row.reasons = list(getattr(r, "reasons", None) or [])
+        row.history = list(reversed(getattr(r, "history", None) or []))
+        rows.append(row)
     return rows
 
 
@@ -152,13 +130,3 @@ def _row_from(r) -> ResultRow:
                      detail=get("detail"), target_version=get("target_version"), target_build=get("target_build"),
                      deadline_local=get("deadline_local"), deadline_utc=get("deadline_utc"),
                      state_since=get("state_since"), updated_at=get("updated_at"), time_zone=get("time_zone"))
-
-
-def _attach_history(device, rows: list[ResultRow]) -> None:
-    try:
-        from ..ddm.state_models import PolicyResultChange
-    except ImportError:
-        return
-    for row in rows:
-        row.history = (PolicyResultChange.query.filter_by(policy_id=row.policy_id, device_id=device.id)
-                       .order_by(PolicyResultChange.id.desc()).limit(20).all())

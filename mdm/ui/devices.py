@@ -5,14 +5,14 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 
 from ..accounts import Role
+from ..accounts.access import is_htmx, requires
+from ..accounts.actor import current_actor, current_source
+from ..ddm.group_admin import GroupError, add_members
+from ..devices.commands import (ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, BulkRefusal, check_bulk_command,
+                               queue_bulk_command, queue_device_command)
+from ..devices.query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
 from ..extensions import db
-from ..models import Command, Device, DeviceCertificate, DeviceGroup, audit
-from . import current_actor, current_source
-from .access import is_htmx, requires
-from .bulk_commands import BulkRefusal, check_bulk_command, confirmation_phrase
-from .device_query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
-from .group_ops import GroupError, add_members
-from .rooms import ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, NotAvailable, queue_bulk_command, queue_device_command
+from ..models import Command, Device, DeviceCertificate, DeviceGroup
 from .device_facts import declarations_for, policy_results_for, time_zone_of
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
@@ -42,7 +42,7 @@ def _policy_names(policy_id: int | None) -> dict:
 @requires(Role.HelpDesk)
 def bulk():
     """Add the selected devices to a group (Manager) or queue one command on each (Help Desk; a
-    destructive command to several devices needs the typed confirmation: mdm/ui/bulk_commands.py)."""
+    destructive command to several devices needs the typed confirmation: mdm/devices/commands.py)."""
     ids = list(dict.fromkeys(int(i) for i in request.form.getlist("device_id") if i.isdigit()))
     action = request.form.get("action", "")
     if not ids:
@@ -67,21 +67,13 @@ def bulk():
         if refusal is not None:
             return _bulk_refused(refusal, request_type, len(devices))
         try:
-            queue_bulk_command(devices, request_type, actor=current_actor())
-        except (ValueError, NotAvailable) as exc:
+            queue_bulk_command(devices, request_type, actor=current_actor(), source=current_source())
+        except ValueError as exc:
             db.session.rollback()
             return _bulk_answer(str(exc), error=True)
-        audit("command.bulk_queue", actor=current_actor(), source=current_source(), object_type="device",
-              object_id=",".join(str(d.id) for d in devices)[:255], after=_bulk_facts(request_type, devices))
         db.session.commit()
         return _bulk_answer(f"Queued {request_type} for {len(devices)} device(s).")
     return _bulk_answer("Choose an action.", error=True)
-
-
-def _bulk_facts(request_type: str, devices) -> dict:
-    facts = {"request_type": request_type, "devices": len(devices)}
-    phrase = confirmation_phrase(request_type, len(devices))
-    return {**facts, "confirmed": phrase} if phrase else facts
 
 
 def _bulk_refused(refusal: BulkRefusal, request_type: str, device_count: int):
@@ -137,12 +129,9 @@ def queue_command(device_id):
     request_type = request.form.get("request_type", "")
     error = None
     try:
-        command = queue_device_command(device, request_type, actor=current_actor())
-        audit("command.queue", actor=current_actor(), source=current_source(), object_type="device",
-              object_id=device.id, after={"request_type": request_type,
-                                          "command_uuid": getattr(command, "uuid", None)})
+        queue_device_command(device, request_type, actor=current_actor(), source=current_source())
         db.session.commit()
-    except (ValueError, NotAvailable) as exc:
+    except ValueError as exc:
         db.session.rollback()
         error = str(exc)
     if is_htmx():

@@ -7,26 +7,18 @@ import io
 from flask import Blueprint, Response, abort, flash, render_template, request, url_for
 
 from ..accounts import Role
+from ..accounts.access import requires
+from ..accounts.actor import current_actor, current_source
+from ..enroll import tokens
 from ..extensions import db
-from . import current_actor, current_source
-from .access import redirect_after_change, requires
-from .rooms import NotAvailable
+from .responses import redirect_after_change
 
 bp = Blueprint("enrollment", __name__, url_prefix="/enrollment")
-
-
-def _tokens():
-    try:
-        from ..enroll import tokens
-    except ImportError as exc:
-        raise NotAvailable("enrollment links are not available in this build yet") from exc
-    return tokens
 
 
 @bp.route("")
 @requires(Role.ReadOnly)
 def index():
-    tokens = _tokens()
     rows = [(t, tokens.token_state(t), tokens.enrollment_url(t)) for t in tokens.list_tokens()]
     return render_template("ui/enrollment.html", rows=rows, default_days=_default_days())
 
@@ -39,7 +31,6 @@ def _default_days() -> int:
 @bp.route("", methods=["POST"])
 @requires(Role.Manager)
 def create():
-    tokens = _tokens()
     errors = []
     expires = _optional_int(request.form.get("expires_in_days"), "expires in (days)", errors, minimum=0)
     max_uses = _optional_int(request.form.get("max_uses"), "uses", errors, minimum=1)
@@ -74,7 +65,6 @@ def _optional_int(raw, label, errors, *, minimum):
 @bp.route("/<int:token_id>/revoke", methods=["POST"])
 @requires(Role.Manager)
 def revoke(token_id):
-    tokens = _tokens()
     try:
         tokens.revoke_token(token_id, revoked_by=current_actor(), source=current_source())
     except tokens.TokenNotFound:
@@ -88,7 +78,6 @@ def revoke(token_id):
 def qr(token_id):
     """The enrollment URL as a QR code, for the iPhone's camera."""
     import segno
-    tokens = _tokens()
     try:
         token = tokens.find_token(token_id)
     except tokens.TokenNotFound:
@@ -97,8 +86,3 @@ def qr(token_id):
     segno.make(tokens.enrollment_url(token), error="m").save(out, kind="svg", scale=4, border=2,
                                                               xmldecl=False, svgns=True)
     return Response(out.getvalue(), mimetype="image/svg+xml", headers={"Cache-Control": "no-store"})
-
-
-@bp.errorhandler(NotAvailable)
-def _not_available(exc):
-    return render_template("ui/not_available.html", message=str(exc)), 404

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from .access import api_error, is_api, is_device_facing, is_htmx
+from ..accounts.access import api_error, is_api, is_device_facing, is_htmx
 
 MESSAGES = {
     404: ("Page not found", "There is nothing at this address. It may have been deleted, or the link is mistyped."),

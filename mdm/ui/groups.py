@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
-from sqlalchemy import func, select
-
 from ..accounts import Role
+from ..accounts.access import is_htmx, requires
+from ..accounts.actor import current_actor, current_source
+from ..ddm.group_admin import GroupError, add_members, create_group, delete_group, member_counts, remove_members, \
+    update_group
+from ..devices.query import DeviceFilters, device_page
 from ..extensions import db
-from ..models import Device, DeviceGroup, group_members
-from . import current_actor, current_source
-from .access import is_htmx, redirect_after_change, requires
-from .device_query import DeviceFilters, device_page
-from .group_ops import GroupError, add_members, create_group, delete_group, remove_members, update_group
+from ..models import Device, DeviceGroup
+from .responses import redirect_after_change
 
 bp = Blueprint("groups", __name__, url_prefix="/groups")
 
@@ -20,11 +20,6 @@ def _group_or_404(group_id: int) -> DeviceGroup:
     if group is None:
         abort(404)
     return group
-
-
-def member_counts() -> dict[int, int]:
-    rows = db.session.execute(select(group_members.c.group_id, func.count()).group_by(group_members.c.group_id))
-    return dict(rows.all())
 
 
 @bp.route("")

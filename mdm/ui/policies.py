@@ -6,15 +6,18 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
 from ..accounts import Role
+from ..accounts.access import requires
+from ..accounts.actor import current_actor, current_source
+from ..ddm import policies as ddm_policies
+from ..ddm.results import results_for_policy
+from ..ddm.rings import load_default_rings
+from ..devices.query import DeviceFilters, device_page
 from ..extensions import db
 from ..models import Device, DeviceGroup
-from . import current_actor, current_source
-from .access import is_htmx, redirect_after_change, requires
-from .device_query import DeviceFilters, device_page
 from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, MACOS_ONLY_SETTINGS,
                           errors_by_field, form_to_data, platform_label)
 from .policy_stats import compliance_by_policy, scope_by_policy
-from .rooms import NotAvailable, service
+from .responses import redirect_after_change
 
 bp = Blueprint("policies", __name__)
 
@@ -22,15 +25,6 @@ bp = Blueprint("policies", __name__)
 # Apple's declarations treat iPadOS as iOS, so one policy covers both.
 PLATFORMS = (("iOS", "iOS & iPadOS", True), ("macOS", "macOS", False), ("tvOS", "tvOS", False),
              ("watchOS", "watchOS", False), ("visionOS", "visionOS", False))
-
-
-def _ddm():
-    """The DDM policy service module, or NotAvailable before that room lands."""
-    try:
-        from ..ddm import policies
-    except ImportError as exc:
-        raise NotAvailable("patch policies are not available in this build yet") from exc
-    return policies
 
 
 def _policy_or_404(policy_id: int):
@@ -55,7 +49,7 @@ def _form_context(policy=None, settings=None, errors=None, **extra) -> dict:
 def index():
     platform = request.args.get("platform", "iOS")
     platform = "iOS" if platform == "iPadOS" else platform   # one platform in the UI
-    policies = _ddm().list_policies()
+    policies = ddm_policies.list_policies()
     from ..ddm.models import PolicyGroup
     return render_template("ui/policies/index.html", platform=platform, platforms=PLATFORMS,
                            platform_label=platform_label(platform),
@@ -76,8 +70,7 @@ def new(platform):
     if platform != "iOS":
         return render_template("ui/policies/choose.html", platforms=PLATFORMS,
                                error=f"{platform_label(platform)} patch policies are not available yet."), 404
-    policies = _ddm()
-    settings = policies.PolicySettings(name=policies.default_policy_name())
+    settings = ddm_policies.PolicySettings(name=ddm_policies.default_policy_name())
     return render_template("ui/policies/form.html", **_form_context(None, settings, tab="settings",
                                                                      preview_devices=_preview_candidates(None)))
 
@@ -85,11 +78,10 @@ def new(platform):
 @bp.route("/patch-management", methods=["POST"])
 @requires(Role.Manager)
 def create():
-    policies = _ddm()
     data = form_to_data(request.form)
     try:
-        policy = policies.create_policy(data, actor=current_actor(), source=current_source())
-    except policies.PolicyError as exc:
+        policy = ddm_policies.create_policy(data, actor=current_actor(), source=current_source())
+    except ddm_policies.PolicyError as exc:
         db.session.rollback()
         return _invalid_form(None, data, exc.errors)
     flash(f"Policy {policy.name} saved. Bind devices or device groups to apply it.")
@@ -98,8 +90,7 @@ def create():
 
 def _invalid_form(policy, data, errors):
     """Re-show the form with what the admin typed and the errors next to their fields."""
-    policies = _ddm()
-    base = policies.settings_of(policy) if policy else policies.PolicySettings(name=data.get("name") or "")
+    base = ddm_policies.settings_of(policy) if policy else ddm_policies.PolicySettings(name=data.get("name") or "")
     shown = _settings_as_typed(base, data)
     return render_template("ui/policies/form.html",
                            **_form_context(policy, shown, errors_by_field(errors), tab="settings",
@@ -124,23 +115,21 @@ def _settings_as_typed(base, data):
 @requires(Role.Manager)
 def validate():
     """Inline validation as the admin types: out-of-band swaps of every field's error slot."""
-    policies = _ddm()
     policy_id = request.form.get("policy_id", type=int)
     base = None
     if policy_id:
-        base = policies.settings_of(_policy_or_404(policy_id))
+        base = ddm_policies.settings_of(_policy_or_404(policy_id))
     data = form_to_data(request.form)
-    _settings, errors = policies.validate_settings(data, base=base, exclude_policy_id=policy_id, platform="iOS")
+    _settings, errors = ddm_policies.validate_settings(data, base=base, exclude_policy_id=policy_id, platform="iOS")
     return render_template("ui/policies/_errors_oob.html", errors=errors_by_field(errors), labels=FIELD_LABELS)
 
 
 @bp.route("/patch-management/<int:policy_id>")
 @requires(Role.ReadOnly)
 def edit(policy_id):
-    policies = _ddm()
     policy = _policy_or_404(policy_id)
     tab = request.args.get("tab", "settings")
-    context = _form_context(policy, policies.settings_of(policy), tab=tab)
+    context = _form_context(policy, ddm_policies.settings_of(policy), tab=tab)
     if tab == "devices":
         filters = DeviceFilters.from_args(request.args)
         filters.platform = filters.platform or ""
@@ -149,16 +138,14 @@ def edit(policy_id):
     if tab == "groups":
         context["groups"] = DeviceGroup.query.order_by(DeviceGroup.name).all()
     if tab == "results":
-        results_for_policy = service("mdm.ddm.results", "results_for_policy")
-        context["results"] = results_for_policy(policy.id, with_history=False) if results_for_policy else []
+        context["results"] = results_for_policy(policy.id, with_history=False)
     context["preview_devices"] = _preview_candidates(policy)
     return render_template("ui/policies/form.html", **context)
 
 
 def _preview_candidates(policy, limit: int = 200):
     """Devices to preview with: those the policy reaches first, then other iOS devices."""
-    policies = _ddm()
-    reached = sorted(policies.devices_reached(policy.id))[:limit] if policy else []
+    reached = sorted(ddm_policies.devices_reached(policy.id))[:limit] if policy else []
     devices = Device.query.filter(Device.id.in_(reached)).order_by(Device.device_name).all() if reached else []
     if len(devices) < limit:
         more = (Device.query.filter(Device.product_name.like("iP%"), Device.id.notin_(reached or [0]))
@@ -170,12 +157,11 @@ def _preview_candidates(policy, limit: int = 200):
 @bp.route("/patch-management/<int:policy_id>", methods=["POST"])
 @requires(Role.Manager)
 def update(policy_id):
-    policies = _ddm()
     policy = _policy_or_404(policy_id)
     data = form_to_data(request.form)
     try:
-        policies.update_policy(policy, data, actor=current_actor(), source=current_source())
-    except policies.PolicyError as exc:
+        ddm_policies.update_policy(policy, data, actor=current_actor(), source=current_source())
+    except ddm_policies.PolicyError as exc:
         db.session.rollback()
         return _invalid_form(policy, data, exc.errors)
     flash(f"Policy {policy.name} saved.")
@@ -185,10 +171,9 @@ def update(policy_id):
 @bp.route("/patch-management/<int:policy_id>", methods=["DELETE"])
 @requires(Role.Manager)
 def delete(policy_id):
-    policies = _ddm()
     policy = _policy_or_404(policy_id)
     name = policy.name
-    policies.delete_policy(policy, actor=current_actor(), source=current_source())
+    ddm_policies.delete_policy(policy, actor=current_actor(), source=current_source())
     flash(f"Policy {name} deleted; its declarations leave the devices on their next sync.")
     return redirect_after_change(url_for("policies.index"))
 
@@ -196,15 +181,14 @@ def delete(policy_id):
 @bp.route("/patch-management/<int:policy_id>/bindings", methods=["POST"])
 @requires(Role.Manager)
 def bind(policy_id):
-    policies = _ddm()
     policy = _policy_or_404(policy_id)
     device_ids = [int(i) for i in request.form.getlist("device_id") if i.isdigit()]
     group_ids = [int(i) for i in request.form.getlist("group_id") if i.isdigit()]
     tab = "devices" if device_ids else "groups"
     try:
-        created = policies.bind_policy(policy, devices=device_ids, groups=group_ids, actor=current_actor(),
+        created = ddm_policies.bind_policy(policy, devices=device_ids, groups=group_ids, actor=current_actor(),
                                        source=current_source())
-    except policies.PolicyError as exc:
+    except ddm_policies.PolicyError as exc:
         db.session.rollback()
         flash(f"Not bound: {exc}")
     else:
@@ -215,15 +199,14 @@ def bind(policy_id):
 @bp.route("/patch-management/<int:policy_id>/bindings/<kind>/<int:target_id>", methods=["DELETE"])
 @requires(Role.Manager)
 def unbind(policy_id, kind, target_id):
-    policies = _ddm()
     policy = _policy_or_404(policy_id)
     if kind not in ("device", "group"):
         abort(404)
     try:
-        policies.unbind_policy(policy, devices=[target_id] if kind == "device" else [],
+        ddm_policies.unbind_policy(policy, devices=[target_id] if kind == "device" else [],
                                groups=[target_id] if kind == "group" else [], actor=current_actor(),
                                source=current_source())
-    except policies.PolicyError as exc:
+    except ddm_policies.PolicyError as exc:
         db.session.rollback()
         flash(f"Not unbound: {exc}")
     return redirect_after_change(url_for("policies.edit", policy_id=policy.id, tab="devices" if kind == "device" else "groups"))
@@ -237,11 +220,10 @@ def preview():
     device = db.session.get(Device, request.form.get("preview_device_id", type=int) or 0)
     if device is None:
         return render_template("ui/policies/_preview.html", error="Choose a device to preview."), 422
-    policies = _ddm()
     policy_id = request.form.get("policy_id", type=int)
     policy = _policy_or_404(policy_id) if policy_id else None
-    base = policies.settings_of(policy) if policy else None
-    settings, errors = policies.validate_settings(form_to_data(request.form), base=base,
+    base = ddm_policies.settings_of(policy) if policy else None
+    settings, errors = ddm_policies.validate_settings(form_to_data(request.form), base=base,
                                                   exclude_policy_id=policy_id, platform="iOS")
     if errors:
         return render_template("ui/policies/_preview.html", device=device,
@@ -267,11 +249,7 @@ def _redact_beta_tokens(declarations) -> None:
 @bp.route("/patch-management/load-defaults", methods=["POST"])
 @requires(Role.Manager)
 def load_defaults():
-    load = service("mdm.ddm.rings", "load_default_rings")
-    if load is None:
-        flash("Loading the default policies is not available in this build yet.")
-        return redirect_after_change(url_for("policies.index"))
-    outcome = load(actor=current_actor(), source=current_source())
+    outcome = load_default_rings(actor=current_actor(), source=current_source())
     flash(_describe_load(outcome))
     return redirect_after_change(url_for("policies.index"))
 
@@ -298,25 +276,17 @@ def policy_groups():
 def bind_ring(ring_id):
     """Bind a device group to every policy of a policy group (ring)."""
     from ..ddm.models import PolicyGroup
-    policies = _ddm()
     ring = db.session.get(PolicyGroup, ring_id)
     if ring is None:
         abort(404)
     group_id = request.form.get("group_id", type=int)
     try:
         for policy in list(ring.policies):
-            policies.bind_policy(policy, groups=[group_id] if group_id else [], actor=current_actor(),
+            ddm_policies.bind_policy(policy, groups=[group_id] if group_id else [], actor=current_actor(),
                                  source=current_source())
-    except policies.PolicyError as exc:
+    except ddm_policies.PolicyError as exc:
         db.session.rollback()
         flash(f"Not bound: {exc}")
     else:
         flash(f"Bound to the policies of {ring.name}.")
     return redirect_after_change(url_for("policies.policy_groups"))
-
-
-@bp.errorhandler(NotAvailable)
-def _not_available(exc):
-    if is_htmx():
-        return render_template("ui/_message.html", message=str(exc), error=True), 404
-    return render_template("ui/not_available.html", message=str(exc)), 404

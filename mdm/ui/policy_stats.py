@@ -6,6 +6,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
+from ..ddm.models import DevicePatchTarget
+from ..ddm.results import deadline_within
+from ..ddm.state_models import PolicyResult, PolicyResultChange
 from ..extensions import db
 from ..models import utcnow
 
@@ -36,10 +39,6 @@ class Compliance:
 
 
 def compliance_by_policy() -> dict[int, Compliance]:
-    try:
-        from ..ddm.state_models import PolicyResult
-    except ImportError:
-        return {}
     out: dict[int, Compliance] = {}
     rows = db.session.execute(select(PolicyResult.policy_id, PolicyResult.state, func.count())
                               .group_by(PolicyResult.policy_id, PolicyResult.state))
@@ -50,10 +49,6 @@ def compliance_by_policy() -> dict[int, Compliance]:
 
 def scope_by_policy() -> dict[int, int]:
     """Devices whose stored plan names each policy (the devices it actually governs)."""
-    try:
-        from ..ddm.models import DevicePatchTarget
-    except ImportError:
-        return {}
     rows = db.session.execute(select(DevicePatchTarget.policy_id, func.count())
                               .where(DevicePatchTarget.policy_id.is_not(None))
                               .group_by(DevicePatchTarget.policy_id))
@@ -62,32 +57,18 @@ def scope_by_policy() -> dict[int, int]:
 
 def upcoming_deadlines(days: int = 7, limit: int = 10) -> list:
     """Results not yet compliant whose deadline falls in the next ``days``, soonest first."""
-    try:
-        from ..ddm.state_models import PolicyResult
-    except ImportError:
-        return []
-    from ..ddm.results import deadline_within
     return (PolicyResult.query.filter(deadline_within(utcnow(), days))
             .order_by(PolicyResult.deadline_utc.is_(None), PolicyResult.deadline_utc, PolicyResult.deadline_local)
             .limit(limit).all())
 
 
 def upcoming_deadline_count(days: int = 7) -> int:
-    try:
-        from ..ddm.state_models import PolicyResult
-    except ImportError:
-        return 0
-    from ..ddm.results import deadline_within
     return PolicyResult.query.filter(deadline_within(utcnow(), days)).count()
 
 
 def compliance_history(policy_id: int, days: int = 30) -> list[tuple[datetime, int | None]]:
     """(day, percent compliant at the end of that day) for the last ``days`` days, replayed from the
     result change history: one pass over the changes, counters updated as states change."""
-    try:
-        from ..ddm.state_models import PolicyResultChange
-    except ImportError:
-        return []
     today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     ends = [today - timedelta(days=days - 1 - i) + timedelta(days=1) for i in range(days)]
     changes = db.session.execute(select(PolicyResultChange.device_id, PolicyResultChange.state,

@@ -12,11 +12,13 @@ import threading
 from flask import Blueprint, Response, current_app, flash, render_template, request, url_for
 from cryptography.hazmat.primitives import hashes
 
+from .. import pushcert
 from ..accounts import Role
+from ..accounts.access import is_htmx, requires
+from ..accounts.actor import current_actor
+from ..ddm.catalog import DEFAULT_URL, catalog_status
 from ..models import utcnow
-from . import current_actor
-from .access import is_htmx, redirect_after_change, requires
-from .rooms import service
+from .responses import redirect_after_change
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -41,8 +43,7 @@ def _ca_details() -> dict:
 
 
 def _catalog_status() -> dict | None:
-    status = service("mdm.ddm.catalog", "catalog_status")
-    return status() if status else None
+    return catalog_status()
 
 
 def _schedule() -> list[tuple[str, str]]:
@@ -55,11 +56,8 @@ def _schedule() -> list[tuple[str, str]]:
 
 
 def _push_status() -> dict | None:
-    status = service("mdm.pushcert", "status")
-    if status is None:
-        return None
     try:
-        return status()
+        return pushcert.status()
     except Exception as exc:
         return {"error": str(exc)}
 
@@ -89,11 +87,7 @@ def index(push_error: str | None = None, status_code: int = 200):
 
 
 def _default_feed_url() -> str:
-    try:
-        from ..ddm.catalog import DEFAULT_URL
-        return DEFAULT_URL
-    except ImportError:
-        return "https://gdmf.apple.com/v2/pmv"
+    return DEFAULT_URL
 
 
 @bp.route("/push/csr", methods=["POST"])

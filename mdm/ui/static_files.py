@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Blueprint, abort, send_from_directory
 
-from .access import public
+from ..accounts.access import public
 
 bp = Blueprint("ui_static", __name__)
 OWN_STATIC = Path(__file__).resolve().parent / "static"

@@ -7,6 +7,10 @@ insensitive): a substring match no index serves, so the COUNT and the page query
 table (a few milliseconds on 10,000 devices, see docs/ui.md). Sorting is ``ORDER BY`` on a
 whitelisted column (``SORTS``), ascending or descending (``-name``), empty values last, the device id
 breaking ties; the patch columns join the stored plan and result only when sorting by them.
+
+Why in the devices room: the UI's lists (devices, group and policy pickers) and the API's
+``GET /api/v1/devices`` page through the same query; it reads the DDM room's plan and result tables
+for the patch columns, never the other way round.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import selectinload
 
 from ..ddm.models import DevicePatchTarget
+from ..ddm.results import deadline_within
 from ..ddm.state_models import PolicyResult
 from ..extensions import db
 from ..models import Device, group_members, utcnow
@@ -225,7 +230,6 @@ def _patch_filter(stmt, f: DeviceFilters):
     if f.patch:
         sub = sub.where(PolicyResult.state.in_(BELOW_TARGET_STATES if f.patch == "below" else (f.patch,)))
     if f.deadline:
-        from ..ddm.results import deadline_within     # the dashboard's window, device time zones included
         sub = sub.where(deadline_within(utcnow(), int(f.deadline)))
     if f.policy is not None:
         sub = sub.where(PolicyResult.policy_id == f.policy)

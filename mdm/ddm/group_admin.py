@@ -1,11 +1,17 @@
-"""Device group changes for the UI and the API, through the DDM room's group service
-(mdm/ddm/groups.py: audited, signalled, recomputed). This adapter only shapes arguments and adds the
-description edit the service does not cover."""
+"""Device group administration for the UI and the API, through the DDM room's group service
+(mdm/ddm/groups.py: audited, signalled, recomputed). This module only shapes arguments as forms and
+JSON send them (device ids), adds the description edit the service does not cover, and counts members.
+
+Why in the DDM room: group membership is what policy bindings target (a change re-plans devices), so
+the group rules live beside the engine; the UI and the API are two doors to the same service."""
 from __future__ import annotations
 
-from ..ddm import groups as service
-from ..ddm.groups import GroupError  # noqa: F401  (re-exported: callers catch it from here)
-from ..models import DeviceGroup, audit_update
+from sqlalchemy import func, select
+
+from ..extensions import db
+from ..models import DeviceGroup, audit_update, group_members
+from . import groups as service
+from .groups import GroupError  # noqa: F401  (re-exported: callers catch it from here)
 
 
 def create_group(name: str, description: str = "", *, actor: str, source: str | None = None) -> DeviceGroup:
@@ -40,3 +46,9 @@ def add_members(group: DeviceGroup, device_ids, *, actor: str, source: str | Non
 def remove_members(group: DeviceGroup, device_ids, *, actor: str, source: str | None = None) -> set[int]:
     ids = [int(i) for i in device_ids]
     return service.remove_devices(group, ids, actor=actor, source=source) if ids else set()
+
+
+def member_counts() -> dict[int, int]:
+    """{group id: number of member devices} for every group with members."""
+    rows = db.session.execute(select(group_members.c.group_id, func.count()).group_by(group_members.c.group_id))
+    return dict(rows.all())

@@ -1,27 +1,4 @@
-"""Administrator accounts, their roles, their sessions, and API tokens.
-
-Roles are ordered: each one may do everything the roles below it may do.
-  ReadOnly       look at everything except administrator accounts and API tokens
-  HelpDesk       + send device commands
-  Manager        + patch policies, policy groups, device groups, bindings, enrollment links
-  Administrator  + settings, push certificate, administrators, API tokens
-Passwords are argon2id hashes; API tokens are random and stored as SHA-256 digests only.
-
-Sessions live on the server. Each sign-in makes an ``AdminSession`` row keyed by the SHA-256 of a
-random secret; the signed session cookie carries ``"<account id>:<secret>"`` (Flask-Login's user id)
-and ``user_for_session`` accepts it only while that row exists, is younger than the session lifetime
-and the account is enabled. So a session ends on the server when its row goes, and a copy of the
-cookie stops working with it:
-  logout            ends that one session (the account's other sessions go on);
-  password change   ends every session of the account (``set_password``); the UI then starts a
-                    fresh one for the admin who changed their own password, so they stay signed in;
-  role change       ends every session of the account (the new role applies at the next sign-in);
-  disable           ends every session of the account, and the API tokens it owns are refused
-                    until it is enabled again (old sessions never come back).
-API tokens are independent of sessions otherwise. A token made in the UI is owned by the
-Administrator who made it (``owner_id``); a token made with the CLI belongs to no account.
-Sign-in throttling is in ``mdm/throttle.py`` (it keeps its counters in ``LoginThrottle`` here).
-"""
+"""Account tables and services: see the package docstring (mdm/accounts/__init__.py)."""
 from __future__ import annotations
 
 import enum
@@ -33,8 +10,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask_login import UserMixin
 
-from .extensions import db
-from .models import utcnow
+from ..extensions import db
+from ..models import utcnow
 
 
 class Role(enum.IntEnum):

@@ -1,18 +1,18 @@
-"""Bearer-token authentication for /api/v1 (called by the one access guard in mdm/ui/access.py).
+"""Bearer-token authentication for /api/v1 (called by the one access guard in mdm/accounts/guard.py).
 
 Tokens carry a role like administrators do. No cookies are read here, so the API needs no CSRF token.
 A token is refused (401) when unknown, revoked, or owned by an account that is disabled
-(mdm/accounts.py); admin sessions ending (logout, password or role change) does not affect tokens."""
+(mdm/accounts/models.py); admin sessions ending (logout, password or role change) does not affect tokens."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 from flask import current_app, g, request
 
-from ..accounts import token_for_secret
 from ..extensions import db
 from ..models import utcnow
-from ..ui.access import api_error, required_role_for
+from .access import api_error, required_role_for
+from .models import token_for_secret
 
 # last_used_at is written at most this often per token, so reads stay reads.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
