@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app
-from flask_login import current_user
+from .banners import register_banner
 
 
 @dataclass
@@ -28,14 +27,4 @@ def catalog_banner() -> CatalogBanner | None:
 
 
 def init_catalog_banner(app) -> None:
-    @app.context_processor
-    def _catalog_banner():
-        def banner():
-            if not (current_user and current_user.is_authenticated):
-                return None
-            try:
-                return catalog_banner()
-            except Exception:  # the banner must never take a page down
-                current_app.logger.exception("catalog banner could not be computed")
-                return None
-        return {"catalog_banner": banner}
+    register_banner(app, "catalog_banner", catalog_banner)

@@ -6,10 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 from flask import current_app
-from flask_login import current_user
 
 from ..extensions import db
 from ..models import PushRequest, utcnow
+from .banners import register_banner
 
 # Failures that only say one device's token is dead are not an outage.
 _DEVICE_REASONS = ("BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic")
@@ -46,14 +46,4 @@ def push_banner() -> PushBanner | None:
 
 
 def init_push_banner(app) -> None:
-    @app.context_processor
-    def _push_banner():
-        def banner():
-            if not (current_user and current_user.is_authenticated):
-                return None
-            try:
-                return push_banner()
-            except Exception:  # the banner must never take a page down
-                current_app.logger.exception("push banner could not be computed")
-                return None
-        return {"push_banner": banner}
+    register_banner(app, "push_banner", push_banner)

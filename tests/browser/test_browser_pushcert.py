@@ -11,23 +11,13 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from mdm import pushcert
 from mdm.enroll.pki import create_ca
 from tests.pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor, pem
 
-from test_browser_admin import CHROMIUM, CHROMIUM_ARGS, shot, sign_in  # noqa: E402  (same folder)
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-
-
-@pytest.fixture
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+from test_browser_admin import shot, sign_in  # noqa: E402  (same folder)
 
 
 def download(page, button_selector: str, tmp_path: Path, name: str) -> bytes:

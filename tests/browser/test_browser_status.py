@@ -9,22 +9,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import expect, sync_playwright
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-
-
-@pytest.fixture
-def browser():
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+from playwright.sync_api import expect
 
 
 def phones_under_a_policy(app, zones: dict) -> dict[str, int]:
