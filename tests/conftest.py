@@ -204,3 +204,22 @@ def live_server_factory(tmp_path, pki_template):
 def live_server(live_server_factory):
     """The real production server with default settings (see ``live_server_factory``)."""
     return live_server_factory()
+
+
+# ---------------------------------------------------------------- the browser (tests/browser)
+# Debian's Chromium driven by Playwright (``executable_path``), headless and without the background
+# networking this machine's closed network refuses.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (./test.sh installs it)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
