@@ -9,6 +9,8 @@ from flask.cli import AppGroup
 
 from .cli import mdm_cli
 from .push_request import APPLE_PORTAL_URL
+from .pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
+                       open_signing_service_reply, status, submit_to_signing_service)
 
 push_cli = AppGroup("push", help="APNs push certificate and pushes.")
 mdm_cli.add_command(push_cli)
@@ -33,7 +35,6 @@ def _actor() -> str:
               help="Apple's WWDR intermediate and root certificates (PEM), when the .p12 does not carry them.")
 def csr_command(out_path, vendor_p12, vendor_password, apple_chain):
     """New push key (push.key.pending) and its CSR; with --vendor-p12, the signed request for Apple."""
-    from .pushcert import PushCertError, create_vendor_request, generate_csr
     if vendor_p12 is None and (vendor_password or apple_chain):
         raise click.UsageError("--vendor-password and --apple-chain go with --vendor-p12")
     try:
@@ -59,7 +60,6 @@ def csr_command(out_path, vendor_p12, vendor_password, apple_chain):
               help="The address registered with the signing service (default: PUSH_SIGNING_SERVICE_EMAIL).")
 def submit_command(email):
     """Send a new CSR to the CSR-signing service (PUSH_SIGNING_SERVICE_URL); it e-mails the request back."""
-    from .pushcert import PushCertError, submit_to_signing_service
     try:
         sent = submit_to_signing_service(email, actor=_actor())
     except PushCertError as exc:
@@ -74,7 +74,6 @@ def submit_command(email):
               help="Write the push certificate request here (default: print it).")
 def decrypt_command(file, out_path):
     """Open the signing service's e-mailed reply with the pending key: the request to upload to Apple."""
-    from .pushcert import PushCertError, open_signing_service_reply
     try:
         data = open_signing_service_reply(Path(file).read_bytes(), actor=_actor())
     except PushCertError as exc:
@@ -99,7 +98,6 @@ def _write_or_echo(data: bytes, out_path: str | None, what: str) -> None:
               help="Install even though enrolled devices use another topic (they must re-enroll).")
 def install_command(file, password, allow_topic_change):
     """Install an Apple MDM push certificate (PEM from identity.apple.com, or PKCS#12 with its key)."""
-    from .pushcert import PushCertError, install_certificate
     try:
         info = install_certificate(Path(file).read_bytes(), password,
                                    allow_topic_change=allow_topic_change, actor=_actor())
@@ -112,7 +110,6 @@ def install_command(file, password, allow_topic_change):
 @push_cli.command("show")
 def show_command():
     """Show the push topic, expiry and whether it is the placeholder identity."""
-    from .pushcert import status
     _echo_status(status())
 
 

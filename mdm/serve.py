@@ -42,9 +42,12 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+from . import create_app
+from .enroll.pki import get_pki, read_private_key_pem
+from .extensions import db
 from .logs import access_log, request_context
+from .scheduler import start_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +86,6 @@ class WSGIBridge:
         self._on_shutdown = on_shutdown
 
     # -- the RSGI protocol
-    def __rsgi_init__(self, loop):
-        pass
-
     def __rsgi_del__(self, loop):
         self.close()
 
@@ -154,11 +154,10 @@ class WSGIBridge:
         }
         for name, value in scope.headers.items():
             key = name.upper().replace("-", "_")
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                if key == "CONTENT_TYPE":
-                    environ[key] = value
+            if key == "CONTENT_LENGTH":   # the length of the body actually read is set above
                 continue
-            key = "HTTP_" + key
+            if key != "CONTENT_TYPE":
+                key = "HTTP_" + key
             if key in environ:   # a repeated header: one value, as RFC 9110 allows (cookies with ';')
                 value = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
             environ[key] = value
@@ -220,18 +219,16 @@ class WSGIBridge:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def bridge_for(app, *, start_scheduler: bool = False) -> WSGIBridge:
+def bridge_for(app, *, with_scheduler: bool = False) -> WSGIBridge:
     """The RSGI app a worker serves: ``app`` behind the body limits, with the scheduler started in
     this worker when asked (the scheduler lock makes it one per deployment)."""
     scheduler = None
-    if start_scheduler and app.config["SCHEDULER_ENABLED"]:
-        from .scheduler import start_scheduler as start
-        scheduler = start(app)
+    if with_scheduler and app.config["SCHEDULER_ENABLED"]:
+        scheduler = start_scheduler(app)
 
     def shutdown():
         if scheduler:
             scheduler.shutdown(wait=False)
-        from .extensions import db
         with app.app_context():
             db.engine.dispose()
 
@@ -245,9 +242,8 @@ def bridge_for(app, *, start_scheduler: bool = False) -> WSGIBridge:
 def production_worker_app() -> WSGIBridge:
     """granian's factory target in each worker process: the app from ``instance/config.py`` and
     ``MDM_*``, the scheduler (one per deployment) and the bridge."""
-    from . import create_app
     die_with_parent()
-    return bridge_for(create_app(), start_scheduler=True)
+    return bridge_for(create_app(), with_scheduler=True)
 
 
 def die_with_parent() -> None:
@@ -288,7 +284,6 @@ def build_server(app, *, target: str = PRODUCTION_TARGET, factory: bool = True):
     tls = bool(config.get("TLS", True))
     key_path = None
     if tls:
-        from .enroll.pki import get_pki, read_private_key_pem
         pki = get_pki(app)
         key_path = tls_key_memfd(read_private_key_pem(pki.tls_key_path, pki.box))
     server = Server(

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import uuid
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from mdm import create_app
 from mdm.extensions import db
+from server_process import ServerProcess, free_port  # noqa: F401  (free_port: imported by test modules)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "real-devices"
@@ -38,10 +38,6 @@ def plain_key_file(app, name: str, dest: Path) -> str:
     return str(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the database under test
@@ -176,7 +172,6 @@ def live_server_factory(tmp_path, pki_template):
     process on a free port, sharing the test app's instance, certificates and database. Keyword
     arguments are settings given to both the server and its ``.app`` (the test's side); ``serve``
     names one of ``tests/serving_apps.py``'s apps instead of the production app."""
-    from server_process import ServerProcess
     started = []
 
     def start(*, serve: str | None = None, **config):

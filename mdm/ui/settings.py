@@ -13,6 +13,9 @@ from flask import Blueprint, Response, current_app, flash, render_template, requ
 from cryptography.hazmat.primitives import hashes
 
 from .. import pushcert
+from ..push_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
+from ..pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
+                        open_signing_service_reply, pending_request, submit_to_signing_service)
 from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor
@@ -74,11 +77,9 @@ def _push_step(push: dict | None) -> int:
 @bp.route("")
 @requires(Role.ReadOnly)
 def index(push_error: str | None = None, status_code: int = 200):
-    from ..pushcert import RENEW_WARNING_DAYS, signing_service_settings
-    from ..push_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
     push = _push_status()
-    return render_template("ui/settings.html", push=push, push_warning_days=RENEW_WARNING_DAYS,
-                           push_step=_push_step(push), signing_service=signing_service_settings(),
+    return render_template("ui/settings.html", push=push, push_warning_days=pushcert.RENEW_WARNING_DAYS,
+                           push_step=_push_step(push), signing_service=pushcert.signing_service_settings(),
                            apple_portal_url=APPLE_PORTAL_URL, apple_wwdr_url=APPLE_WWDR_URL,
                            apple_root_url=APPLE_ROOT_URL, push_error=push_error, ca=_ca_details(), catalog=_catalog_status(),
                            sync=dict(_sync_state()), schedule=_schedule(),
@@ -94,7 +95,6 @@ def _default_feed_url() -> str:
 @requires(Role.Administrator)
 def push_csr():
     """A new push key and its CSR, to upload to Apple (via your vendor signing) for the certificate."""
-    from ..pushcert import generate_csr
     csr = generate_csr(actor=current_actor())
     return Response(csr, mimetype="application/pkcs10",
                     headers={"Content-Disposition": "attachment; filename=mdm-push.csr"})
@@ -104,7 +104,6 @@ def push_csr():
 @requires(Role.Administrator)
 def push_vendor_request():
     """Route 1: a new push key, its CSR signed with the uploaded vendor .p12; downloads Apple's request."""
-    from ..pushcert import PushCertError, create_vendor_request
     p12, error = _uploaded("vendor_p12", "your vendor certificate (.p12)")
     if error:
         return error
@@ -124,7 +123,6 @@ def push_vendor_request():
 @requires(Role.Administrator)
 def push_submit():
     """Route 2: send a new CSR and our encryption certificate to the configured signing service."""
-    from ..pushcert import PushCertError, submit_to_signing_service
     try:
         sent = submit_to_signing_service(request.form.get("email") or None, actor=current_actor())
     except PushCertError as exc:
@@ -137,7 +135,6 @@ def push_submit():
 @requires(Role.Administrator)
 def push_decrypt():
     """Route 2: open the service's e-mailed reply with the pending key; downloads Apple's request."""
-    from ..pushcert import PushCertError, open_signing_service_reply
     data, error = _uploaded("reply", "the file attached to the signing service's e-mail")
     if error:
         return error
@@ -152,7 +149,6 @@ def push_decrypt():
 @requires(Role.Administrator)
 def push_request_download():
     """The request made for the pending key, again (nothing secret in it)."""
-    from ..pushcert import pending_request
     data = pending_request()
     if data is None:
         return index(push_error="No request for Apple is waiting: start at step 1.", status_code=404)
@@ -178,7 +174,6 @@ def _uploaded(field: str, what: str):
 @bp.route("/push/certificate", methods=["POST"])
 @requires(Role.Administrator)
 def push_upload():
-    from ..pushcert import PushCertError, install_certificate
     data, error = _uploaded("certificate", "the certificate file (PEM, DER or .p12)")
     if error:
         return error
