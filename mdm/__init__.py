@@ -1,4 +1,11 @@
-"""Self-hosted Apple MDM: the application factory."""
+"""Self-hosted Apple MDM: the application factory.
+
+``create_app`` lists the rooms in one block; each wires itself with ``init_app(app)`` (blueprints,
+scheduler jobs, signal receivers, check-in handlers). The CLI modules attach their commands to
+``flask mdm`` when imported (mdm/cli.py). Transactions: services flush and audit; the edge commits
+once (a view or ``commit_at_the_edge`` below for requests, a CLI command, the scheduler after a job):
+docs/architecture.md.
+"""
 from __future__ import annotations
 
 import os
@@ -6,8 +13,22 @@ from pathlib import Path
 
 from flask import Flask
 
+from . import backup, cli_core, logs, push, push_cli, pushcert  # noqa: F401  (CLI modules add commands)
+from . import models  # noqa: F401  (register tables)
+from .accounts.guard import init_access
+from .accounts.login import init_login
+from .api import bp as api_bp
+from .cli import mdm_cli
 from .config import PROJECT_ROOT, load_config
+from .ddm import jobs as ddm
+from .ddm import models as ddm_models, state_models  # noqa: F401  (register tables)
+from .enroll import cli as enroll_cli, scep  # noqa: F401  (enroll_cli adds commands)
+from .enroll.views import bp as enroll_bp
 from .extensions import db, migrate
+from .protocol import bp as protocol_bp
+from .simulator import cli as simulator_cli  # noqa: F401  (adds commands)
+from .ui import cli as ui_cli  # noqa: F401  (adds commands)
+from .ui import init_ui
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent / "migrations")
 
@@ -20,40 +41,35 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
         template_folder=str(PROJECT_ROOT / "templates"),
     )
     load_config(app, overrides)
-    from . import logs
     logs.configure(app.config)
-
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
 
-    from . import models  # noqa: F401  (register tables)
-    from .ddm import models as ddm_models  # noqa: F401
-    from .ddm import state_models  # noqa: F401
-
-    from . import pushcert
+    # The rooms. Devices: the check-in/command protocol and enrollment (the core), push, SCEP. Accounts
+    # decide who may call which route (one guard for every request). The DDM room registers its jobs,
+    # receivers and the DeclarativeManagement check-in handler. The admin UI and the JSON API are
+    # siblings above them that never import each other.
     pushcert.init_app(app)
-
-    from .protocol import bp as protocol_bp
-    from .enroll.views import bp as enroll_bp
     app.register_blueprint(protocol_bp)
     app.register_blueprint(enroll_bp)
-
-    # Accounts decide who may call which route (one guard for every request); the admin UI and the
-    # JSON API are siblings above them that never import each other.
-    from .accounts.guard import init_access
-    from .accounts.login import init_login
+    push.init_app(app)
+    scep.init_app(app)
     init_login(app)
     init_access(app)
-    from .ui import init_ui
+    ddm.init_app(app)
     init_ui(app)
-    from .api import bp as api_bp
     app.register_blueprint(api_bp)
-
-    from . import backup, cli_core, push_cli  # noqa: F401  (each room's CLI module adds its commands)
-    from .cli import mdm_cli
-    from .ddm import cli as ddm_cli  # noqa: F401
-    from .enroll import cli as enroll_cli  # noqa: F401
-    from .simulator import cli as simulator_cli  # noqa: F401
-    from .ui import cli as ui_cli  # noqa: F401
     app.cli.add_command(mdm_cli)
+
+    app.after_request(commit_at_the_edge)
     return app
+
+
+def commit_at_the_edge(response):
+    """The request is the edge of its unit of work: what its services flushed commits once, before the
+    response leaves, unless the answer is an error (then the teardown rolls it back). A view that
+    committed itself, the device check-in (mdm/protocol.py) and ``read_only()`` leave no transaction
+    open, so nothing is committed twice."""
+    if response.status_code < 400 and db.session().in_transaction():
+        db.session.commit()
+    return response

@@ -9,21 +9,26 @@ message that carries one is checked too. A Topic that is not our push topic is r
 ``device.topic_refused`` with the claimed UDID) before the certificate is looked at or anything changes.
 
 Authenticate starts a new enrollment: the certificate is bound, the device's other certificates are
-retired (mdm/certauth.py), its waiting commands are cancelled (mdm/queue.py), as NanoMDM does, and the
-record of the declaration set served to the old enrollment is dropped (the DDM room serves a fresh one).
+retired (mdm/certauth.py), its waiting commands are cancelled (mdm/queue.py), as NanoMDM does, and
+``device_reenrolled`` is sent so rooms drop per-device state of the old enrollment (the DDM room forgets
+the declaration set it served and serves a fresh one).
+
+DeclarativeManagement is answered by the handler a room registers with ``register_handler`` (the DDM
+room, from its ``init_app``): the core imports nothing from mdm.ddm. Without one the message is a 400.
 """
 from __future__ import annotations
 
 import logging
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from . import certauth, queue
-from .ddm.state_models import DeclarationSet
 from .extensions import db
 from .models import Device, audit, utcnow
 from .plistio import PlistError, dumps, optional, require
-from .signals import device_checked_out, device_enrolled, device_facts_changed
+from .pushcert import current_topic
+from .signals import device_checked_out, device_enrolled, device_facts_changed, device_reenrolled
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,6 @@ class Reply:
 
 def server_topic() -> str | None:
     """Our APNs topic (the push certificate's UID); None when none is configured."""
-    from .pushcert import current_topic
     try:
         return current_topic() or None
     except Exception:  # no push identity yet: refuse enrolment rather than fail the request
@@ -147,7 +151,7 @@ def authenticate(identity, device: Device | None, udid: str, message: dict) -> R
     db.session.flush()
     retired = certauth.bind_new_enrollment(identity, device)
     cancelled = queue.cancel_pending(device)
-    _forget_served_declarations(device)
+    device_reenrolled.send(device)
     if retired or cancelled:
         audit("device.reenrolled", actor="device", object_type="device", object_id=udid,
               detail=f"new certificate {identity.sha256[:16]}; retired {len(retired)} certificate(s) "
@@ -156,13 +160,6 @@ def authenticate(identity, device: Device | None, udid: str, message: dict) -> R
     if changed:
         device_facts_changed.send(device, changed=changed)
     return Reply()
-
-
-def _forget_served_declarations(device: Device) -> None:
-    """A new enrollment holds no declarations: drop the record of the set we served the old one, so the
-    enrollment's first TokenUpdate (device_enrolled -> mdm/ddm/jobs.py) serves a fresh set and queues the
-    DeclarativeManagement command that the cancelled queue may have held."""
-    DeclarationSet.query.filter_by(device_id=device.id).delete(synchronize_session="fetch")
 
 
 # --- TokenUpdate -----------------------------------------------------------------------------------------
@@ -215,11 +212,23 @@ def check_out(identity, device: Device, udid: str, message: dict) -> Reply:
 
 # --- DeclarativeManagement -------------------------------------------------------------------------------
 
+# handler(device, endpoint, data) -> (HTTP status, body, content type), registered by a room's init_app.
+RoomHandler = Callable[[Device, str, "bytes | None"], "tuple[int, bytes, str]"]
+_ROOM_HANDLERS: dict[str, RoomHandler] = {}
+
+
+def register_handler(message_type: str, handler: RoomHandler) -> None:
+    """Called by a room's ``init_app``: ``register_handler("DeclarativeManagement", handler)``."""
+    _ROOM_HANDLERS[message_type] = handler
+
+
 def declarative_management(identity, device: Device, udid: str, message: dict) -> Reply:
     endpoint = require(message, "Endpoint")
     data = optional(message, "Data", bytes)
-    from .ddm.protocol import handle_declarative_management
-    status, body, content_type = handle_declarative_management(device, endpoint, data)
+    handler = _ROOM_HANDLERS.get("DeclarativeManagement")
+    if handler is None:
+        raise ProtocolError("DeclarativeManagement is not available on this server")
+    status, body, content_type = handler(device, endpoint, data)
     return Reply(status, body, content_type)
 
 

@@ -455,4 +455,6 @@ def shutdown(app) -> None:
         entry[1].close()
 
 
-register_job(process_due_pushes, "interval", seconds=30)
+def init_app(app) -> None:
+    """The push room's wiring (called by ``create_app``): the job that sends due pushes."""
+    register_job(process_due_pushes, "interval", seconds=30)

@@ -1,4 +1,5 @@
-"""APScheduler in the web process. Rooms register their jobs through ``register_job``.
+"""APScheduler in the web process. Each room registers its jobs with ``register_job`` from its
+``init_app(app)`` (mdm/push.py, mdm/enroll/scep.py, mdm/ddm/jobs.py), called by ``create_app``.
 
 Exactly one scheduler per deployment: the process that runs it holds a lock for its lifetime. On SQLite
 (one host) the lock is a file in the instance folder; on PostgreSQL it is a session-level advisory lock
@@ -12,11 +13,18 @@ start, coalesced, not once per missed interval, and then keeps its rhythm.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import threading
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from .extensions import db, normalise_database_url
+from .models import SchedulerJobRun
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +37,17 @@ LOCK_RETRY_SECONDS = 30
 
 
 def register_job(func, trigger: str, **trigger_args) -> None:
-    """Called at import time by a room: ``register_job(refresh_catalog, "interval", hours=24)``.
-    ``func(app)`` runs inside an app context. An optional ``next_run_time`` asks for an early first
-    run after each start (it never delays a catch-up)."""
+    """Called by a room's ``init_app``: ``register_job(refresh_catalog, "interval", hours=24)``. Jobs are
+    code, so the list is per process; registering the same job again replaces it. ``func(app)`` runs
+    inside an app context; the job commits what it did (it is an edge). An optional ``next_run_time``
+    asks for an early first run after each start (it never delays a catch-up)."""
+    _JOBS[:] = [job for job in _JOBS if job_id(job[0]) != job_id(func)]
     _JOBS.append((func, trigger, trigger_args))
 
 
-# Rooms whose modules register jobs when imported.
-JOB_MODULES = ("mdm.push", "mdm.enroll.scep", "mdm.ddm.jobs")
-
-
-def _import_job_modules() -> None:
-    import importlib
-    for name in JOB_MODULES:
-        importlib.import_module(name)
+def registered_jobs() -> list[tuple]:
+    """(func, trigger, trigger args) of every registered job, in registration order."""
+    return list(_JOBS)
 
 
 def job_id(func) -> str:
@@ -60,12 +65,10 @@ class _FileLock:
     started from that instance folder (a reloader, a second ``run.sh``)."""
 
     def __init__(self, app):
-        from pathlib import Path
         self.path = Path(app.instance_path) / "scheduler.lock"
         self.handle = None
 
     def acquire(self) -> bool:
-        import fcntl
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,14 +95,11 @@ class _AdvisoryLock:
     the process lifetime. PostgreSQL releases it when that connection ends, however the process dies."""
 
     def __init__(self, app):
-        from .extensions import normalise_database_url
         self.url = normalise_database_url(app.config["SQLALCHEMY_DATABASE_URI"])
         self.engine = None
         self.connection = None
 
     def acquire(self) -> bool:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.pool import NullPool
         self.release()
         self.engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         try:
@@ -120,7 +120,6 @@ class _AdvisoryLock:
         """The lock is ours as long as its connection lives."""
         if self.connection is None:
             return False
-        from sqlalchemy import text
         try:
             self.connection.execute(text("SELECT 1"))
             return True
@@ -143,7 +142,6 @@ class _AdvisoryLock:
 
 
 def scheduler_lock(app):
-    from .extensions import normalise_database_url
     if normalise_database_url(app.config["SQLALCHEMY_DATABASE_URI"]).get_backend_name() == "postgresql":
         return _AdvisoryLock(app)
     return _FileLock(app)
@@ -157,8 +155,7 @@ def start_scheduler(app, *, jobs=None, standby: bool = True) -> BackgroundSchedu
     thread and starts its scheduler when the holder is gone. ``jobs`` replaces the registered jobs."""
     lock = scheduler_lock(app)
     if jobs is None:
-        _import_job_modules()
-        jobs = list(_JOBS)
+        jobs = registered_jobs()
     retry_seconds = float(app.config.get("SCHEDULER_LOCK_RETRY_SECONDS") or LOCK_RETRY_SECONDS)
     if lock.acquire():
         scheduler = _start(app, jobs, lock)
@@ -210,8 +207,6 @@ def _first_run(now, interval, last_run, requested_first):
 
 
 def _last_runs(app) -> dict:
-    from .extensions import db
-    from .models import SchedulerJobRun
     with app.app_context():
         try:
             return {row.job_id: row.last_run_at for row in db.session.scalars(db.select(SchedulerJobRun))}
@@ -220,8 +215,6 @@ def _last_runs(app) -> dict:
 
 
 def _record_run(job: str, started: dt.datetime) -> None:
-    from .extensions import db
-    from .models import SchedulerJobRun
     db.session.rollback()
     db.session.merge(SchedulerJobRun(job_id=job, last_run_at=started.replace(tzinfo=None)))
     db.session.commit()
@@ -235,7 +228,9 @@ def _in_context(app, func):
         with app.app_context():
             try:
                 func(app)
+                db.session.commit()       # a job is an edge: its work commits once, here
             except Exception:
+                db.session.rollback()
                 log.exception("scheduled job %s failed", func.__name__)
             try:
                 _record_run(name, started)

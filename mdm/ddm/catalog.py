@@ -32,8 +32,9 @@ from flask import current_app
 
 from ..extensions import db
 from ..models import audit, utcnow
+from . import changes
 from .models import CatalogRelease, CatalogState, DevicePatchTarget
-from .targets import REASON_CATALOG_EXPIRED, REASON_MODEL_UNKNOWN
+from .targets import REASON_CATALOG_EXPIRED, REASON_MODEL_UNKNOWN, version_key
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +301,7 @@ def sync_catalog(*, file: str | None = None, url: str | None = None, now: dt.dat
         _record_failure(source, str(exc), now)
         raise
     if recompute and result.changed:
-        from .plan import recompute as recompute_targets
-        recompute_targets(now=now)
+        changes.replan(None, now=now)     # every device: through the spine (mdm/ddm/changes.py)
     return result
 
 
@@ -336,7 +336,6 @@ def releases(*, include_security_responses: bool = True) -> list[CatalogRelease]
     if not include_security_responses:
         query = query.filter(CatalogRelease.kind == "os")
     rows = query.all()
-    from .targets import version_key
     return sorted(rows, key=lambda r: (version_key(r.product_version), r.build), reverse=True)
 
 

@@ -1,8 +1,8 @@
 """Static device groups (any OS). Patch policies bound to a group apply to its iOS/iPadOS members.
 
 Membership changes send ``mdm.signals.group_membership_changed``; the policy engine's receiver
-queues the members for recomputation in the same transaction, and the service drains the queue
-after committing so plans follow at once.
+queues the members for recomputation in the same transaction, and the service drains the queue through
+the DDM spine (``spine.run_queued``) before its one commit, so plans follow at once.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Iterable
 from ..extensions import db
 from ..models import Device, DeviceGroup, audit, group_members
 from ..signals import group_membership_changed
+from . import spine
+from .models import PolicyBinding
 from .policies import FieldError, PolicyError, find_device, find_group
 
 
@@ -19,8 +21,9 @@ class GroupError(PolicyError):
 
 
 def _drain() -> None:
-    from .plan import run_queued_recomputes
-    run_queued_recomputes()
+    """Plans, sets and results for the members the receivers queued, then the unit of work's commit."""
+    spine.run_queued()
+    db.session.commit()
 
 
 def _check_name(name, exclude_id: int | None = None) -> str:
@@ -70,7 +73,7 @@ def rename_group(ref, new_name: str, *, actor: str = "system", source: str | Non
           before={"name": before}, after={"name": group.name})
     # Plans name their group binding ("group:<name>"): members need a recompute.
     group_membership_changed.send(group, device_ids=member_ids(group))
-    db.session.commit()
+    db.session.flush()
     _drain()
     return group
 
@@ -100,7 +103,7 @@ def add_devices(ref, device_refs: Iterable, *, actor: str = "system", source: st
         audit("device_group.add", actor=actor, source=source, object_type="device_group", object_id=group.id,
               after={"device_ids": sorted(added)})
         group_membership_changed.send(group, device_ids=added)
-    db.session.commit()
+    db.session.flush()
     _drain()
     return added
 
@@ -114,7 +117,7 @@ def remove_devices(ref, device_refs: Iterable, *, actor: str = "system", source:
         audit("device_group.remove", actor=actor, source=source, object_type="device_group", object_id=group.id,
               before={"device_ids": sorted(removed)})
         group_membership_changed.send(group, device_ids=removed)
-    db.session.commit()
+    db.session.flush()
     _drain()
     return removed
 
@@ -127,13 +130,12 @@ def delete_group(ref, *, actor: str = "system", source: str | None = None) -> se
           before={"name": group.name, "device_ids": sorted(members)})
     group_membership_changed.send(group, device_ids=members)
     db.session.delete(group)
-    db.session.commit()
+    db.session.flush()
     _drain()
     return members
 
 
 def group_summary(group: DeviceGroup) -> dict:
-    from .models import PolicyBinding
     members = db.session.query(Device).join(group_members, group_members.c.device_id == Device.id).filter(
         group_members.c.group_id == group.id).order_by(Device.id).all()
     policies = [b.policy.name for b in PolicyBinding.query.filter_by(group_id=group.id).order_by(PolicyBinding.id)]

@@ -1,10 +1,12 @@
-"""The policy engine's wiring: scheduler jobs and signal receivers (imported with the DDM models).
+"""The DDM room's wiring: ``init_app(app)`` registers its scheduler jobs, signal receivers, CLI groups,
+the DeclarativeManagement check-in handler and the re-enrollment hook, and connects the spine's inbox.
 
 Jobs: catalog refresh (daily, and once shortly after start), full recomputation (hourly, so deferrals
 and deadlines move with the clock), a minute job draining the recompute queue, and the periodic
-inventory (``inventory.py``: a daily DeviceInformation per device, for its time zone and OS). Receivers only
-record work (``queue_recompute``) inside the sender's transaction; after a request that queued
-something commits, the queue is drained before the response leaves, so plans follow at once.
+inventory (``inventory.py``: a daily DeviceInformation per device, for its time zone and OS). Each job is
+an edge: the scheduler commits after it. Receivers only record work (``queue_recompute``) inside the
+sender's transaction; after a request that queued something commits, the queue is drained through the
+spine before the response leaves (and committed), so plans follow at once.
 """
 from __future__ import annotations
 
@@ -15,8 +17,18 @@ from flask import g, has_app_context, request_finished
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from .. import checkin
+from ..extensions import db
 from ..scheduler import register_job
-from ..signals import device_checked_out, device_enrolled, device_facts_changed, group_membership_changed
+from ..signals import (device_checked_out, device_enrolled, device_facts_changed, device_reenrolled,
+                       group_membership_changed)
+from . import changes, spine
+from . import cli  # noqa: F401  (the room's CLI groups attach themselves to ``mdm_cli`` when imported)
+from .catalog import CatalogError, ensure_catalog, sync_catalog
+from .inventory import queue_inventory
+from .plan import queue_recompute
+from .protocol import handle_declarative_management
+from .state_models import DeclarationSet
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +37,32 @@ PLAN_FACTS = {"os_version", "build_version", "product_name", "model_name", "soft
               "is_supervised", "enrollment_status", "time_zone"}
 
 
+def init_app(app) -> None:
+    """Wire the DDM room into ``app`` (called once per app by ``create_app``; idempotent)."""
+    changes.connect(spine)
+    checkin.register_handler("DeclarativeManagement", declarative_management)
+    register_job(refresh_catalog, "interval", hours=24,
+                 next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30))
+    register_job(recompute_all, "interval", hours=1)
+    register_job(drain_recompute_queue, "interval", minutes=1)
+    register_job(refresh_inventory, "interval", hours=1)      # asks only devices whose answer is a day old
+    for signal, receiver in ((device_facts_changed, _on_facts_changed), (device_enrolled, _on_enrolled),
+                             (device_checked_out, _on_checked_out), (device_reenrolled, _on_reenrolled),
+                             (group_membership_changed, _on_membership_changed)):
+        signal.connect(receiver)          # blinker keeps one connection per receiver
+    request_finished.connect(_drain_after_request)
+
+
+# ---- the check-in handler -------------------------------------------------------------------------
+
+def declarative_management(device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
+    """The core's DeclarativeManagement message (mdm/checkin.py) -> ``protocol.handle_declarative_management``."""
+    return handle_declarative_management(device, endpoint, data)
+
+
+# ---- jobs (edges: the scheduler commits after each) ------------------------------------------------
+
 def refresh_catalog(app) -> None:
-    from .catalog import CatalogError, ensure_catalog, sync_catalog
     try:
         sync_catalog()
     except CatalogError:
@@ -34,60 +70,47 @@ def refresh_catalog(app) -> None:
 
 
 def recompute_all(app) -> None:
-    from .plan import recompute
-    recompute()
+    spine.replan(None)
 
 
 def drain_recompute_queue(app) -> None:
-    from .plan import run_queued_recomputes
-    run_queued_recomputes()
+    spine.run_queued()
 
 
 def refresh_inventory(app) -> None:
-    from .inventory import queue_inventory
     queue_inventory()
-
-
-register_job(refresh_catalog, "interval", hours=24,
-             next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30))
-register_job(recompute_all, "interval", hours=1)
-register_job(drain_recompute_queue, "interval", minutes=1)
-register_job(refresh_inventory, "interval", hours=1)      # asks only devices whose answer is a day old
 
 
 # ---- signal receivers -------------------------------------------------------------------------------
 
-def _queue(device_ids) -> None:
-    from .plan import queue_recompute
-    queue_recompute(device_ids)
-
-
 def _queue_device(device) -> None:
     if device.id is None:
-        from ..extensions import db
         db.session.flush()        # a device created in this transaction needs its id
-    _queue([device.id])
+    queue_recompute([device.id])
 
 
-@device_facts_changed.connect
 def _on_facts_changed(device, changed=(), **_):
     if not changed or set(changed) & PLAN_FACTS:
         _queue_device(device)
 
 
-@device_enrolled.connect
 def _on_enrolled(device, **_):
     _queue_device(device)
 
 
-@device_checked_out.connect
 def _on_checked_out(device, **_):
     _queue_device(device)
 
 
-@group_membership_changed.connect
+def _on_reenrolled(device, **_):
+    """A new enrollment holds no declarations: drop the record of the set we served the old one, so the
+    enrollment's first TokenUpdate (device_enrolled) serves a fresh set and queues the
+    DeclarativeManagement command that the cancelled queue may have held."""
+    DeclarationSet.query.filter_by(device_id=device.id).delete(synchronize_session="fetch")
+
+
 def _on_membership_changed(group, device_ids=(), **_):
-    _queue(device_ids)
+    queue_recompute(device_ids)
 
 
 @event.listens_for(Session, "after_commit")
@@ -101,14 +124,13 @@ def _forget_rolled_back_queue(session):
     session.info.pop("ddm_recompute_queued", None)
 
 
-@request_finished.connect
 def _drain_after_request(app, response, **_):
+    """After the request's commit (its edge), a second unit of work: drain the queue, commit."""
     if not g.pop("ddm_drain_queue", False):
         return
-    from ..extensions import db
-    from .plan import run_queued_recomputes
     try:
-        run_queued_recomputes()
+        spine.run_queued()
+        db.session.commit()
     except Exception:                     # the device's answer is already decided: never turn it into a 500
         db.session.rollback()
         log.exception("recompute after request failed; the minute job will retry")

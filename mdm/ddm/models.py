@@ -149,6 +149,3 @@ class RecomputeRequest(db.Model):
     device_id = db.Column(db.Integer, db.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
     queued_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
-
-# Models are imported by create_app, so the room's scheduler jobs and signal receivers ride along here.
-from . import jobs  # noqa: E402,F401

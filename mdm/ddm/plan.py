@@ -1,8 +1,9 @@
 """Per-device patch plans: which policy reaches each device, its target and deadline, stored as facts.
 
-``recompute`` is the one place plans are computed. It is incremental: it loads the devices in bulk,
-computes each distinct (model, OS version, policy) once, writes only rows that changed, and hands
-only the changed devices to ``mdm.ddm.sync.refresh_devices`` (the DDM protocol room).
+``plan_devices`` is the one place plans are computed: the first stage of the DDM spine
+(``mdm/ddm/spine.py``). It is incremental: it loads the devices in bulk, computes each distinct (model,
+OS version, policy) once, writes only rows that changed, and returns the changed devices; the spine
+hands them to the next stage (declaration sets). It flushes; the edge commits.
 
 Conflicts: a direct device binding beats a group binding. Within the same kind the strictest
 policy wins: enforcement on before off, then the shortest deferral, then the shortest grace period,
@@ -22,7 +23,7 @@ from sqlalchemy import Text, bindparam, delete, insert, select, type_coerce, upd
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
-from . import catalog
+from . import catalog, changes
 from .models import CatalogRelease, DevicePatchTarget, PatchPolicy, PolicyBinding, RecomputeRequest
 from .policies import PolicySettings, settings_of
 from .targets import (REASON_MODEL_UNKNOWN, ReleaseIndex, build_release_index, choose_target,
@@ -104,10 +105,9 @@ _FIELDS = ("policy_id", "binding", "target_version", "target_build", "deadline_l
 _COMPARED = _FIELDS[:-1]
 
 
-def recompute(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None,
-              refresh: bool = True) -> set[int]:
-    """Recompute and store plans for ``device_ids`` (None = every device). Commits. Returns the ids whose
-    plan changed and passes them to ``mdm.ddm.sync.refresh_devices`` (unless ``refresh`` is False)."""
+def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None) -> set[int]:
+    """Recompute and store plans for ``device_ids`` (None = every device), and take them off the recompute
+    queue. Flushes. Returns the ids whose plan changed (the spine refreshes their declarations)."""
     started = utcnow()
     now = now or started
     catalog.ensure_catalog(now)
@@ -166,14 +166,21 @@ def recompute(device_ids: Iterable[int] | None = None, *, now: dt.datetime | Non
     else:
         for chunk in _chunks(wanted):
             db.session.execute(delete(queue).where(queue.c.device_id.in_(chunk)))
-    db.session.commit()
+    db.session.flush()
     db.session.expire_all()   # bulk statements bypass the identity map
 
     changed = {r["device_id"] for r in inserts} | {r["b_device_id"] for r in updates} | set(deletes)
     log.info("recompute: %d devices considered, %d changed (%d new, %d updated, %d removed)",
              len(candidates), len(changed), len(inserts), len(updates), len(deletes))
-    if refresh and changed:
-        refresh_declarations(changed)
+    return changed
+
+
+def recompute(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None,
+              refresh: bool = True) -> set[int]:
+    """An edge (tests, scripts): the whole spine for ``device_ids`` (None = every device), or only
+    ``plan_devices`` when ``refresh`` is False, then one commit. Returns the ids whose plan changed."""
+    changed = changes.replan(device_ids, now=now) if refresh else plan_devices(device_ids, now=now)
+    db.session.commit()
     return changed
 
 
@@ -275,12 +282,6 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
     return row
 
 
-def refresh_declarations(device_ids: set[int]) -> set[int]:
-    """Hand devices to the DDM protocol room (new declarations, sync command, push)."""
-    from .sync import refresh_devices
-    return refresh_devices(device_ids)
-
-
 # ---- the recompute queue: devices whose facts changed inside someone else's transaction ----------
 
 def queue_recompute(device_ids: Iterable[int]) -> None:
@@ -298,15 +299,19 @@ def queue_recompute(device_ids: Iterable[int]) -> None:
     db.session.info["ddm_recompute_queued"] = True
 
 
+def queued_device_ids() -> set[int]:
+    """Devices waiting in the recompute queue."""
+    return {d for (d,) in db.session.execute(select(RecomputeRequest.device_id))}
+
+
+def existing_device_ids(device_ids: Iterable[int]) -> set[int]:
+    """Those of ``device_ids`` still present (a queued device may have been deleted since)."""
+    return {d for chunk in _chunks(sorted(set(device_ids)))
+            for (d,) in db.session.execute(select(Device.id).where(Device.id.in_(chunk)))}
+
+
 def run_queued_recomputes(*, now: dt.datetime | None = None) -> set[int]:
-    """Recompute queued devices and refresh their declarations (all of them: a fact such as supervision
-    can change the declarations without changing the plan). Returns the ids processed."""
-    ids = {d for (d,) in db.session.execute(select(RecomputeRequest.device_id))}
-    if not ids:
-        return set()
-    recompute(ids, now=now, refresh=False)
-    existing = {d for chunk in _chunks(sorted(ids))
-                for (d,) in db.session.execute(select(Device.id).where(Device.id.in_(chunk)))}
-    if existing:
-        refresh_declarations(existing)
+    """An edge (tests, scripts): ``spine.run_queued`` through the spine's inbox, then one commit."""
+    ids = changes.run_queued(now=now)
+    db.session.commit()
     return ids

@@ -4,8 +4,9 @@ Every caller (CLI, UI, API) goes through ``validate_settings`` and the service f
 same error messages appear everywhere. Each error carries the field (the ``PolicySettings`` attribute,
 for placing it next to its input and for the API's ``field`` key) and a message in the form's own words
 (``FIELD_LABELS``, ``ACTION_LABELS``), e.g. "Install OS updates can't be Always On while Download is
-User Controlled". Services commit, audit (an update records only the changed fields, see
-``mdm.models.audit_update``), then recompute the devices the change reaches.
+User Controlled". Services audit (an update records only the changed fields, see
+``mdm.models.audit_update``), hand the devices the change reaches to the DDM spine (``changes.replan``),
+and end their unit of work with one commit.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Iterable, Mapping
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, audit, audit_update, group_members, utcnow
+from . import changes
 from .models import DevicePatchTarget, PatchPolicy, PolicyBinding, PolicyGroup
 
 DEFAULT_NAME = "iOS patch policy"
@@ -402,10 +404,11 @@ def devices_reached(policy_id: int) -> set[int]:
 
 
 def _recompute(device_ids: set[int]) -> set[int]:
+    """Hand the devices to the DDM spine (plans, sets, results; through its inbox: ``plan`` reads this
+    module's settings, so this module sits below the spine)."""
     if not device_ids:
         return set()
-    from .plan import recompute
-    return recompute(device_ids)
+    return changes.replan(device_ids)
 
 
 # ---- service ----------------------------------------------------------------------------------------
@@ -439,8 +442,9 @@ def update_policy(ref, changes: Mapping, *, actor: str = "system", source: str |
     audit_update("patch_policy.update", name=settings.name, actor=actor, source=source, object_type="patch_policy",
                  object_id=policy.id, before=before.to_dict(redact_tokens=True),
                  after=settings.to_dict(redact_tokens=True))
-    db.session.commit()
+    db.session.flush()
     _recompute(devices_reached(policy.id))
+    db.session.commit()
     return policy
 
 
@@ -452,8 +456,10 @@ def delete_policy(ref, *, actor: str = "system", source: str | None = None) -> s
     audit("patch_policy.delete", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
           before=settings_of(policy).to_dict(redact_tokens=True))
     db.session.delete(policy)
+    db.session.flush()
+    changed = _recompute(affected)
     db.session.commit()
-    return _recompute(affected)
+    return changed
 
 
 def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: str = "system",
@@ -472,8 +478,9 @@ def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: st
         affected |= _binding_devices(kind, obj)
         audit("patch_policy.bind", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
               after={kind: obj.id, "name": _label(kind, obj)})
-    db.session.commit()
+    db.session.flush()
     _recompute(affected)
+    db.session.commit()
     return created
 
 
@@ -493,8 +500,9 @@ def unbind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: 
         affected |= _binding_devices(kind, obj)
         audit("patch_policy.unbind", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
               before={kind: obj.id, "name": _label(kind, obj)})
-    db.session.commit()
+    db.session.flush()
     _recompute(affected)
+    db.session.commit()
     return removed
 
 

@@ -7,6 +7,9 @@ left out and the rest stored, mdm/ddm/status.py). Status refusals are audited (`
 declaration-items also records the identifiers it served (``served_identifiers``): the set the device
 holds, whose status it may still report after the set changes.
 Policy state never causes a 4xx/5xx here: the set is computed without what cannot be computed.
+A status report's changed facts go to the DDM spine (``spine.status_received``). The check-in
+(mdm/protocol.py, the edge) commits once after the reply is decided; the token endpoints' own commits
+are left to the read-path rework (issue 12).
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import logging
 
 from ..extensions import db
 from ..models import audit
+from . import spine, sync
 from . import status as status_intake
-from . import sync
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,11 @@ def _refuse(code: int, device, endpoint: str, reason: str) -> tuple[int, bytes, 
 def _audit_status_refusal(device, code: int, reason: str) -> None:
     audit("ddm.status_refused", actor="device", object_type="device", object_id=device.udid,
           detail=f"{code}: {reason[:500]}")
-    db.session.commit()
+    db.session.commit()     # the refusal is decided and the intake rolled back: its audit stands alone
 
 
 def handle_declarative_management(device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
-    """(HTTP status, body, content type) for one DeclarativeManagement check-in. Commits what it stores."""
+    """(HTTP status, body, content type) for one DeclarativeManagement check-in. The caller commits."""
     endpoint = endpoint or ""
     if endpoint == "tokens":
         row = sync.current_set(device)
@@ -65,7 +68,7 @@ def handle_declarative_management(device, endpoint: str, data: bytes | None) -> 
         return _json(item)
     if endpoint == "status":
         try:
-            status_intake.ingest(device, data)
+            intake = status_intake.ingest(device, data)
         except status_intake.ForeignDeclarationError as exc:
             db.session.rollback()
             _audit_status_refusal(device, 403, str(exc))
@@ -74,5 +77,6 @@ def handle_declarative_management(device, endpoint: str, data: bytes | None) -> 
             db.session.rollback()
             _audit_status_refusal(device, 400, str(exc))
             return _refuse(400, device, endpoint, f"status report refused: {exc}")
+        spine.status_received(device, intake.changed_facts)
         return 200, b"", JSON
     return _refuse(400, device, endpoint, "unknown DeclarativeManagement endpoint")

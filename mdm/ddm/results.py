@@ -23,10 +23,14 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 from flask import current_app
+from sqlalchemy import bindparam, delete, insert, select, update
 
+from .. import push
 from ..extensions import db
 from ..models import Command, Device, PushRequest, utcnow
 from . import declarations as decl
+from .policies import devices_reached
+from .sync import plan_for
 from .state_models import DeclarationSet, DeviceStatus, PolicyResult, PolicyResultChange
 from .status import item
 from .targets import LATEST_ZONE_OFFSET, ZONE_UNKNOWN, deadline_passed_everywhere, zone_named
@@ -164,7 +168,6 @@ def record_device_results(device, plan=_UNSET, declaration_set: DeclarationSet |
     """Recompute and store this device's result for the policy that reaches it; drop results of policies
     that no longer reach it (their history stays). The caller commits."""
     if plan is _UNSET:
-        from .sync import plan_for
         plan, _ = plan_for(device) if device.runs_ios else (None, None)
     now = utcnow()
     rows = {r.policy_id: r for r in PolicyResult.query.filter_by(device_id=device.id)}
@@ -217,7 +220,6 @@ def record_results_bulk(inputs, now: datetime) -> None:
     """``record_device_results`` for many devices at once (the declaration refresh after a policy edit):
     ``inputs`` are (device facts, plan or None, served declarations, set changed_at). Same states, same
     history rows; read with one query per kind, written with executemany. The caller commits."""
-    from sqlalchemy import bindparam, delete, insert, select, update
     if not inputs:
         return
     ids = [device.id for device, *_ in inputs]
@@ -326,12 +328,12 @@ def _as_result(row: PolicyResult, device, status: DeviceStatus | None, with_hist
 
 
 def results_for_device(device, with_history: bool = True) -> list[DeviceResult]:
-    """The device's current result (recomputed now), plus a Not applicable line per losing policy."""
+    """The device's current result (recomputed and stored now: the caller's edge commits), plus a Not
+    applicable line per losing policy."""
     rows = record_device_results(device)
-    db.session.commit()
+    db.session.flush()
     status = db.session.get(DeviceStatus, device.id)
     results = [_as_result(row, device, status, with_history) for row in rows]
-    from .sync import plan_for
     plan, _ = plan_for(device) if device.runs_ios else (None, None)
     for name in (plan.conflicts if plan else ()):
         results.append(DeviceResult(policy_id=None, policy_name=name, device_id=device.id, udid=device.udid,
@@ -342,14 +344,11 @@ def results_for_device(device, with_history: bool = True) -> list[DeviceResult]:
 
 
 def results_for_policy(policy_id: int, with_history: bool = True) -> list[DeviceResult]:
-    """Every device this policy reaches, recomputed now and ordered by device: the devices it won (stored,
-    with history), plus Not applicable lines for bound devices it does not apply to (not iOS, or another
-    policy won)."""
+    """Every device this policy reaches, recomputed and stored now (the caller's edge commits), ordered by
+    device: the devices it won (stored, with history), plus Not applicable lines for bound devices it does
+    not apply to (not iOS, or another policy won)."""
     stored_ids = {r.device_id for r in PolicyResult.query.filter_by(policy_id=policy_id)}
-    reached = set(stored_ids)
-    from .policies import devices_reached
-    reached |= devices_reached(policy_id)
-    from .sync import plan_for
+    reached = set(stored_ids) | devices_reached(policy_id)
     results = []
     ids = sorted(reached)
     for start in range(0, len(ids), 500):
@@ -364,7 +363,7 @@ def results_for_policy(policy_id: int, with_history: bool = True) -> list[Device
                 pending.append((mine[0], device))
             else:
                 pending.append((_not_applied(policy_id, device, plan), device))
-        db.session.commit()
+        db.session.flush()
         for row, device in pending:
             if isinstance(row, DeviceResult):
                 results.append(row)
@@ -405,7 +404,6 @@ def delivery_notes(device_ids) -> dict[int, str]:
 
 
 def _push_identity_problem() -> str | None:
-    from .. import push
     try:
         return push._identity_problem(current_app)
     except Exception as exc:      # an unreadable push identity is itself the reason

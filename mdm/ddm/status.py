@@ -20,12 +20,14 @@ import copy
 import json
 import logging
 import re
+from dataclasses import dataclass
 from itertools import accumulate
 
 from flask import current_app
 
 from ..extensions import db
 from ..models import utcnow
+from ..signals import device_facts_changed
 from .state_models import DeclarationSet, DeviceStatus, StatusReport
 
 log = logging.getLogger(__name__)
@@ -329,9 +331,18 @@ _FACTS = (("device.operating-system.version", "os_version"),
           ("softwareupdate.device-id", "software_update_device_id"))
 
 
-def ingest(device, data: bytes | None) -> DeviceStatus:
-    """Store one status report (raw, bounded) and the merged status; update device facts. Commits.
-    Malformed parts are left out and logged (``read_report``)."""
+@dataclass(frozen=True)
+class Intake:
+    """What one status report changed: the merged status, and which device facts moved."""
+    status: DeviceStatus
+    changed_facts: set[str]
+
+
+def ingest(device, data: bytes | None) -> Intake:
+    """Store one status report (raw, bounded) and the merged status; update device facts (sending
+    ``device_facts_changed``). Flushes; the caller hands ``changed_facts`` to the DDM spine
+    (``spine.status_received``) and the edge commits. Malformed parts are left out and logged
+    (``read_report``)."""
     report, dropped = read_report(data)
     for reason in dropped:
         log.warning("status report from device %s: ignored a malformed part: %s", device.id, reason[:300])
@@ -361,18 +372,8 @@ def ingest(device, data: bytes | None) -> DeviceStatus:
             changed.add(attribute)
     db.session.flush()
     if changed:
-        from ..signals import device_facts_changed
         device_facts_changed.send(device, changed=changed)
-    db.session.commit()
-
-    from .results import record_device_results
-    from .sync import refresh_devices
-    if changed & {"os_version", "build_version", "product_name", "software_update_device_id"}:
-        refresh_devices([device.id])   # e.g. 17 -> 18: settings declaration now applies; commits
-    else:
-        record_device_results(device)
-        db.session.commit()
-    return status
+    return Intake(status, changed)
 
 
 def _check_declarations_are_its_own(device, items: dict, status: DeviceStatus | None) -> None:

@@ -15,11 +15,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from flask import current_app
 from sqlalchemy import bindparam, insert, select, update
 
+from .. import commands
 from ..extensions import db
 from ..models import Command, Device, utcnow
+from ..plistio import dumps
+from ..push import request_push
+from . import changes
 from . import declarations as decl
+from .models import DevicePatchTarget, PatchPolicy
+from .plan import PatchPlan, patch_plan_for_device
+from .policies import settings_of
 from .state_models import DeclarationSet
 
 log = logging.getLogger(__name__)
@@ -47,7 +55,6 @@ def declarations_token(declarations: list[dict]) -> str:
 
 def plan_for(device):
     """The device's stored patch plan, or (None, why) when it cannot be had. Never raises."""
-    from .plan import patch_plan_for_device
     try:
         return patch_plan_for_device(device), None
     except Exception as exc:  # policy state must never break a device's sync
@@ -151,69 +158,98 @@ def find_declaration(row: DeclarationSet, declaration_type: str, identifier: str
     return None
 
 
-def refresh_devices(device_ids: Iterable[int]) -> set[int]:
-    """Rebuild the sets of these devices. For each enrolled device whose DeclarationsToken changed, leave
-    exactly one queued DeclarativeManagement command carrying the new SyncTokens and push it. Also installs
-    or removes the iOS 17 deferral profile, and refreshes stored results. Commits. Returns changed ids.
+@dataclass
+class ChunkSets:
+    """What ``compute_sets`` decided for one chunk of devices, before anything is written: the set rows,
+    the commands to queue (profile and DeclarativeManagement), and what ``results`` needs next."""
+    device_ids: list[int]
+    changed: set[int] = field(default_factory=set)        # devices whose DeclarationsToken changed
+    set_inserts: list[dict] = field(default_factory=list)
+    set_updates: list[tuple[int, dict]] = field(default_factory=list)
+    profile_wanted: dict[int, int | None] = field(default_factory=dict)
+    sync_wanted: dict[int, tuple[str, dt.datetime]] = field(default_factory=dict)
+    result_inputs: list[tuple] = field(default_factory=list)   # (device facts, plan, declarations, changed_at)
 
-    Bulk on purpose (a policy edit can touch every device): per chunk of devices a handful of queries
-    read facts, plans, stored sets, waiting commands and results; sets are computed once per distinct
-    (device facts, plan); rows are written with executemany; one push request covers the chunk."""
-    from .results import record_results_bulk
+
+def new_run(now: dt.datetime | None = None) -> "_RefreshRun":
+    """One refresh: what it computes once and shares between chunks (policies, plans, sets, command bodies).
+    The caller's pending changes (device facts) are flushed first: they are what the run reads."""
+    db.session.flush()
+    return _RefreshRun(now or utcnow())
+
+
+def chunks(device_ids: Iterable[int]) -> list[list[int]]:
+    """Device ids in refresh order, cut into rounds of BULK_CHUNK."""
     ids = sorted({int(i) for i in device_ids})
-    if not ids:
-        return set()
-    db.session.flush()            # a caller's pending changes (device facts) are what we read
-    run = _RefreshRun(utcnow())
-    changed: set[int] = set()
-    for start in range(0, len(ids), BULK_CHUNK):
-        chunk = ids[start:start + BULK_CHUNK]
-        devices = run.devices(chunk)
-        plans = run.plans(chunk)
-        stored = _stored_sets(chunk)
-        profile_wanted: dict[int, int | None] = {}
-        sync_wanted: dict[int, tuple[str, dt.datetime]] = {}
-        set_inserts, set_updates, result_inputs = [], [], []
-        for device in devices:
-            plan = plans.get(device.id) if device.runs_ios else None
-            computed = run.computed_set(device, plan)
-            old = stored.get(device.id)
-            enrolled = device.enrollment_status == "enrolled"
-            values: dict = {}
-            if old is None:
-                did_change, changed_at = True, run.now
-                values = {"declarations_token": computed.token, "declarations": computed.declarations,
-                          "notes": computed.notes, "changed_at": changed_at}
-                old_days = None
-            else:
-                did_change = old["declarations_token"] != computed.token
-                changed_at = run.now if did_change else old["changed_at"]
-                if old["notes"] != computed.notes:
-                    values["notes"] = computed.notes
-                if did_change:
-                    values.update(declarations_token=computed.token, declarations=computed.declarations,
-                                  changed_at=changed_at)
-                old_days = old["restrictions_delay_days"]
-            if enrolled and computed.restrictions_delay_days != old_days:
-                profile_wanted[device.id] = computed.restrictions_delay_days
-                values["restrictions_delay_days"] = computed.restrictions_delay_days
+    return [ids[start:start + BULK_CHUNK] for start in range(0, len(ids), BULK_CHUNK)]
+
+
+def compute_sets(run: "_RefreshRun", chunk: list[int]) -> ChunkSets:
+    """Sets and tokens for one chunk (reads only): for each enrolled device whose DeclarationsToken changed,
+    one DeclarativeManagement command carrying the new SyncTokens is wanted; the iOS 17 deferral profile is
+    wanted when its delay changed.
+
+    Bulk on purpose (a policy edit can touch every device): per chunk a handful of queries read facts,
+    plans and stored sets; sets are computed once per distinct (device facts, plan)."""
+    devices = run.devices(chunk)
+    plans = run.plans(chunk)
+    stored = _stored_sets(chunk)
+    out = ChunkSets(device_ids=[d.id for d in devices])
+    for device in devices:
+        plan = plans.get(device.id) if device.runs_ios else None
+        computed = run.computed_set(device, plan)
+        old = stored.get(device.id)
+        enrolled = device.enrollment_status == "enrolled"
+        values: dict = {}
+        if old is None:
+            did_change, changed_at = True, run.now
+            values = {"declarations_token": computed.token, "declarations": computed.declarations,
+                      "notes": computed.notes, "changed_at": changed_at}
+            old_days = None
+        else:
+            did_change = old["declarations_token"] != computed.token
+            changed_at = run.now if did_change else old["changed_at"]
+            if old["notes"] != computed.notes:
+                values["notes"] = computed.notes
             if did_change:
-                changed.add(device.id)
-                if enrolled:
-                    sync_wanted[device.id] = (computed.token, changed_at)
-                    values.update(command_token=computed.token, command_queued_at=run.now)
-            if old is None:
-                set_inserts.append({"device_id": device.id, "restrictions_delay_days": None, "command_token": None,
+                values.update(declarations_token=computed.token, declarations=computed.declarations,
+                              changed_at=changed_at)
+            old_days = old["restrictions_delay_days"]
+        if enrolled and computed.restrictions_delay_days != old_days:
+            out.profile_wanted[device.id] = computed.restrictions_delay_days
+            values["restrictions_delay_days"] = computed.restrictions_delay_days
+        if did_change:
+            out.changed.add(device.id)
+            if enrolled:
+                out.sync_wanted[device.id] = (computed.token, changed_at)
+                values.update(command_token=computed.token, command_queued_at=run.now)
+        if old is None:
+            out.set_inserts.append({"device_id": device.id, "restrictions_delay_days": None, "command_token": None,
                                     "command_queued_at": None, **values})
-            elif values:
-                set_updates.append((device.id, values))
-            result_inputs.append((device, plan, computed.declarations, changed_at))
-        _write_sets(set_inserts, set_updates)
-        _write_commands(run, [d.id for d in devices], profile_wanted, sync_wanted)
-        record_results_bulk(result_inputs, run.now)
-        db.session.commit()
-    db.session.expire_all()       # rows were written with bulk statements, past the identity map
+        elif values:
+            out.set_updates.append((device.id, values))
+        out.result_inputs.append((device, plan, computed.declarations, changed_at))
+    return out
+
+
+def store_sets(run: "_RefreshRun", sets: ChunkSets) -> list[int]:
+    """Write the chunk's sets and queue its commands (a still-queued DeclarativeManagement command is
+    rewritten rather than piled up). Flushes nothing else, commits nothing. Returns the devices to push."""
+    _write_sets(sets.set_inserts, sets.set_updates)
+    return _write_commands(run, sets.device_ids, sets.profile_wanted, sets.sync_wanted)
+
+
+def refresh_devices(device_ids: Iterable[int]) -> set[int]:
+    """An edge (tests, scripts): ``spine.refresh`` through the spine's inbox (this module sits below the
+    spine), then one commit. Returns the ids whose DeclarationsToken changed."""
+    changed = changes.refresh(device_ids)
+    db.session.commit()
     return changed
+
+
+def notify(device_ids: list[int]) -> None:
+    """Wake these devices (one push request covers them; sent after the edge commits)."""
+    request_push(device_ids)
 
 
 BULK_CHUNK = 2000                 # devices per round; IN lists are cut to CHUNK ids
@@ -257,9 +293,6 @@ class _RefreshRun:
     def plans(self, ids: list[int]) -> dict[int, object]:
         """The stored patch plans of these devices (as ``patch_plan_for_device`` builds them), one object per
         distinct plan."""
-        from .models import DevicePatchTarget, PatchPolicy
-        from .plan import PatchPlan
-        from .policies import settings_of
         if self._policies is None:
             self._policies = {p.id: (p.name, settings_of(p)) for p in PatchPolicy.query}
         table = DevicePatchTarget.__table__
@@ -298,8 +331,6 @@ class _RefreshRun:
         key = (request_type, tuple(sorted(params.items())))
         template = self._templates.get(key)
         if template is None:
-            from .. import commands
-            from ..plistio import dumps
             body = commands.get(request_type).build(**params)
             template = self._templates[key] = dumps({"CommandUUID": _UUID_PLACEHOLDER, "Command": body})
         return template
@@ -343,11 +374,12 @@ def _write_sets(inserts: list[dict], updates: list[tuple[int, dict]]) -> None:
 
 
 def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dict[int, int | None],
-                    sync_wanted: dict[int, tuple[str, dt.datetime]]) -> None:
+                    sync_wanted: dict[int, tuple[str, dt.datetime]]) -> list[int]:
     """The iOS 17 restrictions profile commands, then the DeclarativeManagement commands, in device order
-    (what ``_sync_restrictions_profile`` and ``_queue_sync_command`` do one device at a time)."""
+    (what ``_sync_restrictions_profile`` and ``_queue_sync_command`` do one device at a time). Returns the
+    devices to push."""
     if not profile_wanted and not sync_wanted:
-        return
+        return []
     table = Command.__table__
     supersede: list[int] = []
     rewrites: list[dict] = []
@@ -372,7 +404,6 @@ def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dic
             days = profile_wanted[device_id]
             if days:
                 if run.organization is None:
-                    from flask import current_app
                     run.organization = current_app.config.get("ORGANIZATION", "MDM")
                 template = run.payload_template("InstallProfile",
                                                 payload=decl.restrictions_profile(days, run.organization))
@@ -407,7 +438,7 @@ def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dic
     if new_commands:
         db.session.execute(insert(table), new_commands)
         log.info("queued %d commands for %d devices (declarations changed)", len(new_commands), len(pushed))
-    _request_push(pushed)
+    return pushed
 
 
 def _command_row(run: _RefreshRun, device_id: int, request_type: str, template: bytes) -> dict:
@@ -418,11 +449,6 @@ def _command_row(run: _RefreshRun, device_id: int, request_type: str, template: 
 
 
 # ---- commands -------------------------------------------------------------------------------------
-def _request_push(device_ids: list[int]) -> None:
-    from ..push import request_push
-    request_push(device_ids)
-
-
 def _payload_targets_restrictions_profile(payload: bytes) -> bool:
     try:
         body = plistlib.loads(payload)["Command"]

@@ -345,7 +345,9 @@ def purge_stale_challenges(app=None, *, keep_days: int = 7) -> int:
     return result.rowcount
 
 
-register_job(purge_stale_challenges, "interval", hours=24)
+def init_app(app) -> None:
+    """The SCEP room's wiring (called by ``create_app``): the daily purge of stale challenges."""
+    register_job(purge_stale_challenges, "interval", hours=24)
 
 
 def _cert_rep(request: _Request, pki, status: PKIStatus, *, fail_info: FailInfo | None = None,
