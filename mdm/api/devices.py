@@ -11,7 +11,7 @@ from ..devices.commands import ADMIN_COMMANDS, queue_device_command
 from ..devices.query import DeviceFilters, device_page
 from ..extensions import db
 from ..models import Command, Device
-from . import bp
+from .blueprint import bp
 from .serialize import command_json, device_json
 
 

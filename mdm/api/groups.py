@@ -10,7 +10,7 @@ from ..ddm.group_admin import GroupError, add_members, create_group, delete_grou
     remove_members, update_group
 from ..extensions import db
 from ..models import Device, DeviceGroup
-from . import bp
+from .blueprint import bp
 from .serialize import device_json, group_json
 
 

@@ -8,7 +8,7 @@ from flask import current_app, jsonify
 
 from ..accounts import ROLE_NAMES
 from ..accounts.access import public, required_role_for
-from . import bp
+from .blueprint import bp
 
 POLICY_FIELDS = {
     "name": {"type": "string"}, "deferral_days": {"type": "integer", "minimum": 0, "maximum": 90},

@@ -13,7 +13,7 @@ from ..ddm.models import PatchPolicy
 from ..ddm.results import results_for_policy
 from ..ddm.rings import load_default_rings
 from ..extensions import db
-from . import bp
+from .blueprint import bp
 
 
 def _policy_error(exc, status: int = 400):

@@ -12,7 +12,9 @@ import sys
 import click
 
 from ..cli import mdm_cli
-from . import catalog, groups, policies, rings
+from ..extensions import db
+from . import catalog, groups, policies, rings, spine
+from .results import results_for_policy
 from .policies import PolicyError
 
 ACTOR = "cli"
@@ -36,9 +38,12 @@ def _fail(as_json: bool, errors: list[dict]) -> None:
 
 
 def _run(as_json: bool, func, *args, **kwargs):
-    """Call a service; turn its validation errors into the CLI's error output and exit status 1."""
+    """Call a service and commit (a CLI command is an edge); turn its validation errors into the CLI's
+    error output and exit status 1."""
     try:
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        db.session.commit()
+        return result
     except PolicyError as exc:
         _fail(as_json, [{"field": e.field, "message": e.message} for e in exc.errors])
     except catalog.CatalogError as exc:
@@ -225,8 +230,7 @@ def _result_dict(result) -> dict:
 def patch_results(policy, as_json):
     """Per-device results of POLICY: state, target, deadline."""
     found = _run(as_json, policies.require_policy, policy)
-    from .results import results_for_policy
-    rows = [_result_dict(r) for r in results_for_policy(found.id)]
+    rows = [_result_dict(r) for r in _run(as_json, results_for_policy, found.id)]
 
     def lines():
         if not rows:
@@ -351,7 +355,6 @@ def catalog_list(model, include_all, as_json):
 @json_option
 def recompute_command(devices, as_json):
     """Recompute targets and deadlines now; devices whose plan changed get a declarations sync."""
-    from .plan import recompute
     ids = None
     if devices:
         found = [policies.find_device(d) for d in devices]
@@ -359,5 +362,5 @@ def recompute_command(devices, as_json):
         if missing:
             _fail(as_json, [{"field": "device", "message": f"no device {m!r}"} for m in missing])
         ids = [f.id for f in found]
-    changed = recompute(ids)
+    changed = _run(as_json, spine.replan, ids)
     _emit(as_json, {"ok": True, "changed": sorted(changed)}, [f"{len(changed)} device(s) changed"])

@@ -19,8 +19,11 @@ from ..pushcert import (PushCertError, create_vendor_request, generate_csr, inst
 from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor
-from ..ddm.catalog import DEFAULT_URL, catalog_status
+from ..ddm.catalog import DEFAULT_URL, catalog_status, sync_catalog
+from ..enroll.pki import get_pki
+from ..extensions import db
 from ..models import utcnow
+from ..scheduler import registered_jobs
 from .responses import redirect_after_change
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -39,7 +42,6 @@ def _sync_state(app=None) -> dict:
 
 
 def _ca_details() -> dict:
-    from ..enroll.pki import get_pki
     cert = get_pki().ca_cert
     return {"subject": cert.subject.rfc4514_string(), "not_after": cert.not_valid_after_utc.replace(tzinfo=None),
             "sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper()}
@@ -50,9 +52,8 @@ def _catalog_status() -> dict | None:
 
 
 def _schedule() -> list[tuple[str, str]]:
-    from .. import scheduler
     jobs = []
-    for func, trigger, args in getattr(scheduler, "_JOBS", []):
+    for func, trigger, args in registered_jobs():
         every = ", ".join(f"{v} {k}" for k, v in args.items() if k in ("hours", "minutes", "days", "seconds"))
         jobs.append((f"{func.__module__}.{func.__name__}", f"{trigger} {every}".strip()))
     return jobs
@@ -206,12 +207,11 @@ def _run_sync(app, actor: str) -> None:
     with app.app_context():
         result, error = None, None
         try:
-            from ..ddm.catalog import sync_catalog
             result = sync_catalog(actor=actor).as_dict()
+            db.session.commit()       # this thread is the edge of its unit of work
         except Exception as exc:  # recorded for the page; the catalog keeps its cache on failure
             error = str(exc) or type(exc).__name__
         finally:
-            from ..extensions import db
             db.session.remove()
         with _sync_lock:
             _sync_state(app).update(running=False, finished_at=utcnow(), result=result, error=error)
