@@ -65,6 +65,24 @@ def patch_plan_for_device(device) -> PatchPlan | None:
                      conflicts=tuple(row.conflicts or ()))
 
 
+def hypothetical_plan(device, settings: PolicySettings, *, policy_id: int | None = None,
+                      now: dt.datetime | None = None) -> PatchPlan:
+    """The plan ``settings`` would give ``device`` now, computed as ``plan_devices`` computes it (the same
+    ``_plan_row``) and stored nowhere: the policy form's preview. ``policy_id`` names the saved policy the
+    settings edit, whose grace period keeps counting from when it started applying to the device."""
+    now = now or utcnow()
+    stored = db.session.get(DevicePatchTarget, device.id)
+    applied_at = (stored.applied_at if stored is not None and policy_id and stored.policy_id == policy_id
+                  and stored.applied_at else now)
+    row = (device.id, device.product_name, device.model_name, device.software_update_device_id,
+           device.os_version, device.enrollment_status, device.time_zone)
+    key = policy_id or 0
+    values = _plan_row(row, key, {key: settings}, release_index(), {}, applied_at, now)
+    fields = PatchPlan.__dataclass_fields__
+    return PatchPlan(policy_id=key, policy_name=settings.name, binding="preview", settings=settings, conflicts=(),
+                     **{k: v for k, v in values.items() if k in fields})
+
+
 # ---- the candidate index, cached per catalog generation --------------------------------------------
 
 _index_cache: dict[str, tuple[int, ReleaseIndex]] = {}

@@ -384,6 +384,16 @@ def _not_applied(policy_id: int, device, plan) -> DeviceResult:
                         os_version=device.os_version, build_version=device.build_version)
 
 
+def declaration_report(device) -> list[tuple[dict, dict]]:
+    """Each declaration in the device's stored set, with what its status report says of it ({} when it
+    has not reported it): the read side the device page shows."""
+    declaration_set = db.session.get(DeclarationSet, device.id)
+    status = db.session.get(DeviceStatus, device.id)
+    reported = (status.declarations if status else None) or {}
+    return [(item, reported.get(item.get("Identifier", "")) or {})
+            for item in (declaration_set.declarations if declaration_set else None) or []]
+
+
 # ---- delivery: is the device's DeclarativeManagement command still queued, and why -----------------
 
 def delivery_notes(device_ids) -> dict[int, str]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..ddm.results import results_for_device
-from ..ddm.state_models import DeclarationSet, DeviceStatus
+from ..ddm.results import declaration_report, results_for_device
 from ..ddm.targets import ZONE_UNKNOWN, deadline_passed_everywhere, zone_named
-from ..extensions import db
 from ..models import utcnow
 
 
@@ -99,13 +97,9 @@ def time_zone_of(device) -> str | None:
 
 
 def declarations_for(device) -> list[DeclarationRow]:
-    dset = db.session.get(DeclarationSet, device.id)
-    status = db.session.get(DeviceStatus, device.id)
-    reported = (status.declarations if status else None) or {}
     rows = []
-    for decl in (dset.declarations if dset else None) or []:
+    for decl, seen in declaration_report(device):
         ident = decl.get("Identifier", "")
-        seen = reported.get(ident) or {}
         rows.append(DeclarationRow(identifier=ident, type=decl.get("Type", ""),
                                    server_token=decl.get("ServerToken", ""),
                                    active=seen.get("active"), valid=seen.get("valid"),

@@ -1,13 +1,13 @@
 """Preview for the policy form: the target, deadline and declarations a device would receive under
-the settings in the form, saved or not. Uses the DDM room's own functions (release index, target
-choice, deadline, declaration builders), so the preview is what the engine would compute; nothing
-is stored."""
+the settings in the form, saved or not. The plan is the engine's own (``plan.hypothetical_plan``, the
+same computation as a recompute) and the declarations come from the DDM room's builders, so the
+preview is what the engine would compute; nothing is stored."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..extensions import db
-from ..models import utcnow
+from ..ddm import declarations as decl
+from ..ddm.plan import hypothetical_plan
 
 
 @dataclass
@@ -22,34 +22,9 @@ class Preview:
 
 
 def preview_for(device, settings, policy=None) -> Preview:
-    from ..ddm import declarations as decl
-    from ..ddm.models import DevicePatchTarget
-    from ..ddm.plan import PatchPlan, release_index
-    from ..ddm.targets import REASON_MODEL_UNKNOWN, choose_target, enforcement_deadline
-
-    now = utcnow()
-    stored = db.session.get(DevicePatchTarget, device.id)
-    # The grace period counts from when the policy started applying: keep that moment if it already does.
-    applied_at = stored.applied_at if stored and policy and stored.policy_id == policy.id and stored.applied_at \
-        else now
-    out = Preview()
-    index = release_index()
-    model = index.model_for(device.software_update_device_id, device.product_name)
-    if model is None:
-        out.reason = REASON_MODEL_UNKNOWN
-    else:
-        choice = choose_target(index.releases_for(model), device.os_version, deferral_days=settings.deferral_days,
-                               stay_on_major=settings.stay_on_major, now=now)
-        out.compliant, out.reason = choice.compliant, choice.reason
-        out.target_version, out.target_build = choice.target_version, choice.target_build
-        if choice.release is not None and settings.enforce and settings.local_time:
-            out.deadline_local, _ = enforcement_deadline(choice.release, deferral_days=settings.deferral_days,
-                                                         grace_days=settings.grace_days,
-                                                         local_time=settings.local_time, applied_at=applied_at)
-    plan = PatchPlan(policy_id=policy.id if policy else 0, policy_name=settings.name, binding="preview",
-                     settings=settings, target_version=out.target_version, target_build=out.target_build,
-                     deadline_local=out.deadline_local, deadline_utc=None, reason=out.reason,
-                     compliant=out.compliant, conflicts=())
+    plan = hypothetical_plan(device, settings, policy_id=policy.id if policy else None)
+    out = Preview(target_version=plan.target_version, target_build=plan.target_build,
+                  deadline_local=plan.deadline_local, reason=plan.reason, compliant=plan.compliant)
     if not device.runs_ios:
         out.notes.append(f"{device.platform} device: iOS & iPadOS patch policies do not apply to it")
         return out
