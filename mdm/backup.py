@@ -33,7 +33,9 @@ from flask import current_app
 from sqlalchemy.engine import make_url
 
 from .cli import mdm_cli
-from .secrets import KEY_FILE_NAME, KEY_FILE_PATTERN, SecretBox, SecretsKeyError, is_sealed, parse_key
+from .secrets import (KEY_FILE_NAME, KEY_FILE_PATTERN, SecretBox, SecretsKeyError, get_box, is_sealed, parse_key, resolve_box, write_secret_file)
+from .extensions import db
+from .dbsetup import init_db
 
 FORMAT = "mdm-backup/1"
 INSTANCE_FILES = ("secret_key", "config.py")
@@ -82,7 +84,6 @@ def backup(out: Path, *, include_secrets_key: bool = False) -> dict:
             if (instance / name).is_file():
                 members[f"instance/{name}"] = instance / name
         if include_secrets_key:
-            from .secrets import get_box
             key_copy = tmp / KEY_FILE_NAME
             key_copy.write_text(get_box().key.hex() + "\n")
             members[f"instance/{KEY_FILE_NAME}"] = key_copy
@@ -149,7 +150,6 @@ def _pg_dump(url, dest: Path) -> None:
 
 def _alembic_revision(sqlite_copy: Path | None) -> str | None:
     if sqlite_copy is None:
-        from .extensions import db
         try:
             return db.session.execute(db.text("SELECT version_num FROM alembic_version")).scalar()
         except Exception:  # no migrations table yet
@@ -217,9 +217,7 @@ def restore(archive: Path, *, force: bool = False) -> dict:
                 raise BackupError("this backup holds a PostgreSQL dump; restore it into a PostgreSQL instance")
             _pg_restore(url, tmp / "database/mdm.pgdump")
     # An older backup is brought up to this release's schema.
-    from .extensions import db
     db.engine.dispose()
-    from .dbsetup import init_db
     init_db()
     app.extensions.pop("mdm_pki", None)
     app.extensions.pop("mdm_secrets", None)
@@ -246,7 +244,6 @@ def _unpack(archive: Path, dest: Path) -> dict:
 
 
 def _restore_box(app, unpacked: Path, manifest: dict) -> SecretBox:
-    from .secrets import resolve_box
     archived_key = unpacked / "instance" / KEY_FILE_NAME
     configured = (os.environ.get("MDM_SECRETS_KEY") or app.config.get("SECRETS_KEY")
                   or os.environ.get("MDM_SECRETS_KEY_FILE") or app.config.get("SECRETS_KEY_FILE")
@@ -267,7 +264,6 @@ def _refuse_non_fresh(certs: Path, url) -> None:
                           "(or pass --force to overwrite it)")
     if url.get_backend_name() == "sqlite" and not Path(url.database).exists():
         return
-    from .extensions import db
     try:
         has_devices = db.session.execute(db.text("SELECT 1 FROM devices LIMIT 1")).first() is not None
     except Exception:  # no schema yet: fresh
@@ -280,13 +276,11 @@ def _refuse_non_fresh(certs: Path, url) -> None:
 
 
 def _copy_private(source: Path, dest: Path) -> None:
-    from .secrets import write_secret_file
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_secret_file(dest, source.read_bytes())
 
 
 def _restore_sqlite(snapshot: Path, dest: Path) -> None:
-    from .extensions import db
     db.session.remove()
     db.engine.dispose()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +296,6 @@ def _pg_restore(url, dump: Path) -> None:
     if not shutil.which("pg_restore"):
         raise BackupError("the backup is a PostgreSQL dump but pg_restore is not installed: install the "
                           "PostgreSQL client tools (Debian: apt-get install postgresql-client)")
-    from .extensions import db
     db.session.remove()
     db.engine.dispose()
     args, env = _pg_env(url)

@@ -5,11 +5,12 @@ from flask import current_app
 
 from .dbsetup import init_db
 from .enroll.pki import get_pki
+from sqlalchemy.engine import make_url
+from .secrets import get_box, seal_device_tokens
 
 
 def _safe_url(url: str) -> str:
     """The database URL without its password (it is printed and may be logged)."""
-    from sqlalchemy.engine import make_url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy understands: say nothing about it
@@ -18,10 +19,8 @@ def _safe_url(url: str) -> str:
 
 def initialise() -> list[str]:
     """Idempotent. Returns lines describing what exists, for the operator."""
-    from .secrets import get_box
     box = get_box()  # first: a missing or wrong secrets key stops here, before anything is written
     init_db()
-    from .secrets import seal_device_tokens
     seal_device_tokens(box)  # rows from a release that stored device tokens in the clear
     pki = get_pki()
     lines = [f"Database: {_safe_url(current_app.config['SQLALCHEMY_DATABASE_URI'])}",

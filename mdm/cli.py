@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import click
 from flask.cli import AppGroup
+from .bootstrap import initialise
+from .secrets import SecretsKeyError
 
 mdm_cli = AppGroup("mdm", help="Operate the MDM server.")
 
@@ -13,8 +15,6 @@ mdm_cli = AppGroup("mdm", help="Operate the MDM server.")
 @mdm_cli.command("init")
 def init_command():
     """Create database, CA, TLS and signing certificates (idempotent)."""
-    from .bootstrap import initialise
-    from .secrets import SecretsKeyError
     try:
         lines = initialise()
     except SecretsKeyError as exc:

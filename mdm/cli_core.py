@@ -1,6 +1,7 @@
 """``flask mdm devices`` and ``flask mdm commands``: look at devices, queue a command, read its history."""
 from __future__ import annotations
 
+import getpass
 import json
 import plistlib
 from pathlib import Path
@@ -11,6 +12,8 @@ from .cli import mdm_cli
 from .commands.base import json_safe
 from .extensions import db
 from .models import Device, audit
+from . import queue
+from .commands import CommandError
 
 
 def _iso(value):
@@ -63,7 +66,6 @@ def devices_command(as_json):
 
 
 def _cli_actor() -> str:
-    import getpass
     try:
         return f"cli:{getpass.getuser()}"
     except Exception:  # no login name in some containers
@@ -96,8 +98,6 @@ def _parse_params(pairs) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def commands_command(udid, request_type, params, as_json):
     """Queue a command for the device UDID and/or show its command history (newest first)."""
-    from . import queue
-    from .commands import CommandError
     device = Device.query.filter_by(udid=udid).one_or_none()
     if device is None:
         raise click.ClickException(f"no device with UDID {udid}")

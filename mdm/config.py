@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +93,6 @@ def load_config(app, overrides: dict | None = None) -> None:
         cfg["SERVER_URL"] = f"{scheme}://{host}:{cfg['PORT']}"
     cfg["SERVER_URL"] = cfg["SERVER_URL"].rstrip("/")
     if not cfg.get("SERVER_HOSTNAME"):
-        from urllib.parse import urlsplit
         cfg["SERVER_HOSTNAME"] = urlsplit(cfg["SERVER_URL"]).hostname
     if not cfg.get("SECRET_KEY"):
         cfg["SECRET_KEY"] = _instance_secret(instance / "secret_key")

@@ -6,11 +6,11 @@ from pathlib import Path
 from flask import current_app
 
 from .extensions import db
+from flask_migrate import upgrade
 
 
 def init_db() -> None:
     """Idempotent: run pending migrations (or, before the first migration exists, create the tables)."""
-    from flask_migrate import upgrade
     versions = Path(current_app.extensions["migrate"].directory) / "versions"
     if versions.is_dir() and any(versions.glob("*.py")):
         upgrade()

@@ -12,7 +12,8 @@ import threading
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+import sqlite3
 
 # Stable constraint names so Alembic migrations work the same on SQLite and PostgreSQL.
 naming_convention = {
@@ -26,7 +27,6 @@ naming_convention = {
 
 def normalise_database_url(url):
     """``postgresql://`` (and Heroku-style ``postgres://``) mean psycopg 3, the driver we ship."""
-    from sqlalchemy.engine import make_url
     url = make_url(url)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
@@ -55,7 +55,6 @@ migrate = Migrate()
 @event.listens_for(Engine, "connect")
 def _sqlite_on_connect(dbapi_connection, connection_record):
     """WAL + busy timeout, and let SQLAlchemy (not pysqlite) emit BEGIN so we can make it IMMEDIATE."""
-    import sqlite3
     if not isinstance(dbapi_connection, sqlite3.Connection):
         return
     dbapi_connection.isolation_level = None

@@ -11,6 +11,9 @@ from .cli import mdm_cli
 from .push_request import APPLE_PORTAL_URL
 from .pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
                        open_signing_service_reply, status, submit_to_signing_service)
+from .extensions import db
+from .models import Device
+from .push import send_now
 
 push_cli = AppGroup("push", help="APNs push certificate and pushes.")
 mdm_cli.add_command(push_cli)
@@ -117,9 +120,6 @@ def show_command():
 @click.argument("udid")
 def send_command(udid):
     """Push to one device now and print APNs' answer."""
-    from .extensions import db
-    from .models import Device
-    from .push import send_now
     device = db.session.scalar(db.select(Device).where(Device.udid == udid))
     if device is None:
         raise click.ClickException(f"no device with UDID {udid}")

@@ -46,6 +46,7 @@ from . import push_request
 from .extensions import db
 from .models import Device, audit
 from .push_request import PushRequestError
+from .secrets import load_cert_chain
 
 KEY_FILE = "push.key"
 CERT_FILE = "push.pem"
@@ -193,7 +194,6 @@ def _load_identity(certs: Path) -> PushIdentity:
 def load_client_identity(context) -> None:
     """Load the push certificate and key into an ``ssl.SSLContext`` as its TLS client identity,
     never half-way through an install (which writes the two files under the same lock)."""
-    from .secrets import load_cert_chain
     identity = current_identity()
     with _locked(_certs_dir()):
         # The key file is sealed: it is opened in memory and handed to OpenSSL through a pipe.

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from flask import current_app, has_app_context
+from .extensions import db
 
 KEY_FILE_NAME = "secrets.key"
 ARMOUR_BEGIN = b"-----BEGIN MDM SEALED SECRET-----"
@@ -172,7 +174,6 @@ _lock = threading.Lock()
 
 def get_box(app=None) -> SecretBox:
     """The app's secrets key, resolved (and checked) once."""
-    from flask import current_app
     app = app or current_app._get_current_object()
     box = app.extensions.get("mdm_secrets")
     if box is None:
@@ -186,7 +187,6 @@ def get_box(app=None) -> SecretBox:
 
 def current_box() -> SecretBox | None:
     """The secrets key of the current app, or None outside an app context."""
-    from flask import has_app_context
     return get_box() if has_app_context() else None
 
 
@@ -284,7 +284,6 @@ SEALED_DEVICE_COLUMNS = ("unlock_token", "bootstrap_token")
 
 def seal_device_tokens(box: SecretBox) -> int:
     """Seal device tokens stored in the clear by an earlier release. Idempotent; returns rows changed."""
-    from .extensions import db
     changed = 0
     # Only the rows still in the clear (a cheap scan on later starts; substr works on BLOB and bytea).
     rows = db.session.execute(db.text(

@@ -34,6 +34,8 @@ from sqlalchemy.exc import IntegrityError
 from .accounts import LoginThrottle
 from .extensions import db
 from .models import utcnow
+from flask import current_app
+from .certauth import _is_trusted_proxy
 
 DEFAULT_FAILURES_PER_MINUTE = 20
 WINDOW_SECONDS = 60.0
@@ -96,7 +98,6 @@ class FailureThrottle:
 
 def enrollment_throttle(app=None) -> FailureThrottle:
     """The app's throttle for enrollment-token lookups and SCEP requests (created on first use)."""
-    from flask import current_app
     app = app or current_app._get_current_object()
     throttle = app.extensions.get("mdm_enroll_throttle")
     if throttle is None:
@@ -111,7 +112,6 @@ def client_address(request, config) -> str:
     remote = request.remote_addr or "?"
     forwarded = request.headers.get("X-Forwarded-For", "")
     if forwarded and config.get("TRUSTED_PROXY_ADDRESSES"):
-        from .certauth import _is_trusted_proxy
         if _is_trusted_proxy(config["TRUSTED_PROXY_ADDRESSES"], request.remote_addr):
             last = forwarded.split(",")[-1].strip()
             if last:

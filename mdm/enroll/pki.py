@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, is_sealed,
-                       write_secret_file)
+from ..secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, get_box, is_sealed, load_cert_chain, write_secret_file)
+from flask import current_app
+import ssl
 
 KEY_SIZE = 2048
 
@@ -187,8 +188,6 @@ class PKI:
 
     def tls_context(self):
         """The server's TLS context, its key opened in memory (the file on disk stays sealed)."""
-        import ssl
-        from ..secrets import load_cert_chain
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         load_cert_chain(context, self.tls_cert_path, read_private_key_pem(self.tls_key_path, self.box))
         return context
@@ -249,14 +248,12 @@ _lock = threading.Lock()
 
 def get_pki(app=None) -> PKI:
     """The app's PKI, created on first use."""
-    from flask import current_app
     app = app or current_app._get_current_object()
     pki = app.extensions.get("mdm_pki")
     if pki is None:
         with _lock:
             pki = app.extensions.get("mdm_pki")
             if pki is None:
-                from ..secrets import get_box
                 pki = ensure_pki(app.config["CERTS_DIR"], tls_hostnames(app.config), app.config["ORGANIZATION"],
                                  get_box(app))
                 app.extensions["mdm_pki"] = pki

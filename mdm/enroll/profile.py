@@ -23,6 +23,7 @@ from ..extensions import db
 from ..models import EnrollmentToken, ScepChallenge, audit, utcnow
 from .pki import get_pki
 from .tokens import TokenError, TokenRefused, redeem_token
+from ..pushcert import PushCertError, current_topic
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ def build_enrollment_profile(token: EnrollmentToken | None, topic: str | None = 
     cfg = current_app.config
     server_url, org = cfg["SERVER_URL"], cfg["ORGANIZATION"]
     if topic is None:
-        from ..pushcert import current_topic
         topic = current_topic()
     prefix = _identifier_prefix(cfg["SERVER_HOSTNAME"])
     pki = get_pki()
@@ -164,7 +164,6 @@ def sign_profile(data: bytes) -> bytes:
 def download_enrollment_profile(token_value: str, *, signed: bool = True, source: str | None = None) -> bytes:
     """What GET /enroll/<token> serves: counts one use of the token, stores the challenge, commits.
     Raises TokenNotFound / TokenRefused (nothing stored) or ProfileUnavailable."""
-    from ..pushcert import PushCertError, current_topic
     try:
         topic = current_topic()
     except PushCertError as exc:

@@ -9,6 +9,7 @@ was posted a few days ago: for demos on a machine that cannot reach Apple. It is
 """
 from __future__ import annotations
 
+import logging
 import datetime as dt
 import json
 import signal
@@ -22,6 +23,12 @@ from ..cli import mdm_cli
 from ..extensions import db
 from .device import DeviceProfile
 from .fleet import run_fleet
+from ..enroll.pki import get_pki
+from ..enroll.tokens import create_token, enrollment_url as url_for_token
+from ..ddm.groups import GroupError, add_devices, require_group
+from .live import enroll_live_fleet
+from .mix import fleet_mix
+from ..ddm.catalog import SNAPSHOT_PATH, CatalogError, load_feed_file, shift_feed
 
 SUMMARY_EVERY_SECONDS = 30
 
@@ -50,10 +57,7 @@ SUMMARY_EVERY_SECONDS = 30
 def simulate_command(ctx, count, server_url, enrollment_url, model, os_version, unsupervised, workers, groups_,
                      keep_running, speed, poll_seconds, failure_percent, seed):
     """Enroll simulated devices over HTTPS and answer their queued commands."""
-    import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per request drowns the summary
-    from ..enroll.pki import get_pki
-    from ..enroll.tokens import create_token, enrollment_url as url_for_token
     if keep_running and (speed <= 0 or poll_seconds <= 0 or not 0 <= failure_percent <= 100):
         raise click.UsageError("--speed and --poll-seconds must be positive, --failures 0-100")
     server_url = (server_url or current_app.config["SERVER_URL"]).rstrip("/")
@@ -89,7 +93,6 @@ def simulate_command(ctx, count, server_url, enrollment_url, model, os_version, 
 
 
 def _check_groups(names) -> None:
-    from ..ddm.groups import GroupError, require_group
     for name in names:
         try:
             require_group(name)
@@ -99,7 +102,6 @@ def _check_groups(names) -> None:
 
 def _add_to_groups(names, udids: list[str]) -> None:
     """Share the devices out between the groups in turn (the audited service `groups add` uses)."""
-    from ..ddm.groups import add_devices
     for index, name in enumerate(names):
         members = udids[index::len(names)]
         if members:
@@ -110,8 +112,6 @@ def _add_to_groups(names, udids: list[str]) -> None:
 
 def _keep_running(server_url, ca_file, enrollment_url, count, *, uniform, workers, groups_, speed,
                   poll_seconds, failure_share, seed) -> None:
-    from .live import enroll_live_fleet
-    from .mix import fleet_mix
     plan = fleet_mix(count, seed=seed, failure_share=failure_share)
     if uniform is not None:
         plan = [(uniform, behaviour) for _, behaviour in plan]
@@ -163,7 +163,6 @@ def _run_until_signal(fleet, started_message: str) -> None:
               help="How many days before today the newest release is made to have been posted.")
 def demo_feed_command(out_path, source, days_ago):
     """Write a DEMO release feed: Apple's saved feed with every date moved forward. Never for production."""
-    from ..ddm.catalog import SNAPSHOT_PATH, CatalogError, load_feed_file, shift_feed
     try:
         data = load_feed_file(source or SNAPSHOT_PATH)
     except CatalogError as exc:

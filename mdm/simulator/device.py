@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
+from mdm.enroll.scep_client import enroll as scep_enroll
 
 # Builds of the versions a simulated device is usually started on (from Apple's feed).
 KNOWN_BUILDS = {
@@ -111,7 +112,6 @@ class SimulatedDevice:
         self.checkin_url = mdm.get("CheckInURL") or mdm["ServerURL"]
         self.server_mdm_url = mdm["ServerURL"]
 
-        from mdm.enroll.scep_client import enroll as scep_enroll
         subject = x509.Name([x509.NameAttribute(_oid(n), v) for part in scep["Subject"] for n, v in part])
         self.key, self.cert = scep_enroll(self.http, scep["URL"], scep["Challenge"], subject)
 

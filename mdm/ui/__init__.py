@@ -14,6 +14,10 @@ from flask import current_app
 from ..accounts import AdminUser, Role, create_admin, generate_password
 from ..extensions import db
 from ..models import audit
+from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
+                   static_files)
+from .templating import init_templating
+from .error_pages import init_error_pages
 
 
 def init_ui(app) -> None:
@@ -26,15 +30,11 @@ def init_ui(app) -> None:
     app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
     app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
 
-    from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
-                   static_files)
     for module in (auth, static_files, dashboard, devices, groups, policies, enrollment, settings, admins,
                    audit_log):
         app.register_blueprint(module.bp)
 
-    from .templating import init_templating
     init_templating(app)
-    from .error_pages import init_error_pages
     init_error_pages(app)
     app.extensions.setdefault("mdm_init_hooks", []).append(ensure_first_admin)
 

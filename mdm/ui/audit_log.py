@@ -7,6 +7,7 @@ the whole object are diffed here, so they read the same.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +18,7 @@ from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..extensions import db
 from ..models import AuditEvent
+from ..ddm.policies import FIELD_LABELS
 
 bp = Blueprint("audit_log", __name__, url_prefix="/audit")
 PAGE_SIZE = 100
@@ -54,7 +56,6 @@ def name_of(event: AuditEvent) -> str | None:
 
 def _labels_for(object_type: str | None) -> dict:
     if object_type == "patch_policy":
-        from ..ddm.policies import FIELD_LABELS
         return FIELD_LABELS
     return {}
 
@@ -66,7 +67,6 @@ def shown(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (list, dict)):
-        import json
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 

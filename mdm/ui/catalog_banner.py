@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .banners import register_banner
+from ..ddm.catalog import catalog_health, devices_without_target
 
 
 @dataclass
@@ -19,7 +20,6 @@ class CatalogBanner:
 
 
 def catalog_banner() -> CatalogBanner | None:
-    from ..ddm.catalog import catalog_health, devices_without_target
     health = catalog_health()
     if health.problem is None:
         return None

@@ -4,6 +4,11 @@ from __future__ import annotations
 import click
 
 from ..cli import mdm_cli
+from ..accounts import (AccountError, AdminUser, ApiToken, Role, create_admin, create_api_token, find_admin,
+                        generate_password)
+from ..dbsetup import init_db
+from ..extensions import db
+from ..models import audit, utcnow
 
 
 @mdm_cli.group("admin")
@@ -18,10 +23,6 @@ def admin_cli():
 @click.option("--password", default=None, help="Default: generate one and print it.")
 def admin_create(username, role, password):
     """Create an administrator account."""
-    from ..accounts import AccountError, create_admin, generate_password
-    from ..dbsetup import init_db
-    from ..extensions import db
-    from ..models import audit
     init_db()
     generated = password is None
     password = password or generate_password()
@@ -40,7 +41,6 @@ def admin_create(username, role, password):
 @admin_cli.command("list")
 def admin_list():
     """List administrator accounts."""
-    from ..accounts import AdminUser
     for user in AdminUser.query.order_by(AdminUser.username):
         state = "disabled" if user.disabled else "active"
         click.echo(f"{user.username}\t{user.role}\t{state}\tlast sign-in {user.last_login_at or 'never'}")
@@ -51,9 +51,6 @@ def admin_list():
 @click.password_option()
 def admin_set_password(username, password):
     """Set an account's password (also re-enables nothing: use the UI for that)."""
-    from ..accounts import AccountError, find_admin
-    from ..extensions import db
-    from ..models import audit
     user = find_admin(username)
     if user is None:
         raise click.ClickException(f"no administrator {username!r}")
@@ -76,10 +73,6 @@ def api_token_cli():
 @click.option("--name", default=None, help="A name to recognise the token by (default: cli-<n>).")
 def api_token_create(role, name):
     """Create a token and print it once (only its hash is stored)."""
-    from ..accounts import AccountError, ApiToken, Role, create_api_token
-    from ..dbsetup import init_db
-    from ..extensions import db
-    from ..models import audit
     init_db()
     try:
         Role.parse(role)
@@ -100,9 +93,6 @@ def api_token_create(role, name):
 @click.argument("name")
 def api_token_revoke(name):
     """Revoke a token by name."""
-    from ..accounts import ApiToken
-    from ..extensions import db
-    from ..models import audit, utcnow
     token = ApiToken.query.filter_by(name=name).first()
     if token is None:
         raise click.ClickException(f"no API token named {name!r}")

@@ -17,6 +17,7 @@ from ..models import Device, utcnow
 from .charts import compliance_line
 from .policy_stats import compliance_by_policy, compliance_history, scope_by_policy, upcoming_deadline_count, \
     upcoming_deadlines
+from ..ddm.catalog import devices_without_target
 
 bp = Blueprint("dashboard", __name__)
 
@@ -39,7 +40,6 @@ def fleet_counts() -> dict:
 def untargeted_counts() -> dict[str, int]:
     """{"catalog": n, "model_unknown": m}: devices a policy reaches that have no target because every
     release for their model expired (stale catalog) or because the catalog does not know their model."""
-    from ..ddm.catalog import devices_without_target
     return devices_without_target()
 
 

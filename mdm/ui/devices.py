@@ -14,6 +14,7 @@ from ..devices.query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, devic
 from ..extensions import db
 from ..models import Command, Device, DeviceCertificate, DeviceGroup
 from .device_facts import declarations_for, policy_results_for, time_zone_of
+from ..ddm.models import PatchPolicy
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
 
@@ -33,7 +34,6 @@ def index():
 
 
 def _policy_names(policy_id: int | None) -> dict:
-    from ..ddm.models import PatchPolicy
     policy = db.session.get(PatchPolicy, policy_id) if policy_id else None
     return {policy.id: policy.name} if policy else {}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from flask import Blueprint, Response, abort, flash, render_template, request, url_for
+import segno
+from flask import Blueprint, Response, abort, current_app, flash, render_template, request, url_for
 
 from ..accounts import Role
 from ..accounts.access import requires
@@ -24,7 +25,6 @@ def index():
 
 
 def _default_days() -> int:
-    from flask import current_app
     return int(current_app.config.get("ENROLLMENT_DEFAULT_DAYS", 30))
 
 
@@ -77,7 +77,6 @@ def revoke(token_id):
 @requires(Role.Manager)
 def qr(token_id):
     """The enrollment URL as a QR code, for the iPhone's camera."""
-    import segno
     try:
         token = tokens.find_token(token_id)
     except tokens.TokenNotFound:

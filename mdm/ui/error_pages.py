@@ -14,6 +14,7 @@ from flask import render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..accounts.access import api_error, is_api, is_device_facing, is_htmx
+from ..extensions import db
 
 MESSAGES = {
     404: ("Page not found", "There is nothing at this address. It may have been deleted, or the link is mistyped."),
@@ -57,7 +58,6 @@ def _api_message(code: int, path: str) -> str:
 def _rollback() -> None:
     """The failed request may have left the session mid-transaction; the frame reads the database."""
     try:
-        from ..extensions import db
         db.session.rollback()
     except Exception:  # noqa: BLE001 - best effort before showing the error page
         pass

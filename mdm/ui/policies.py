@@ -2,6 +2,7 @@
 results, and the policy groups (deployment rings). All changes go through the DDM room's services."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
@@ -18,6 +19,8 @@ from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_L
                           errors_by_field, form_to_data, platform_label)
 from .policy_stats import compliance_by_policy, scope_by_policy
 from .responses import redirect_after_change
+from ..ddm.models import PatchPolicy, PolicyGroup
+from .policy_preview import preview_for
 
 bp = Blueprint("policies", __name__)
 
@@ -28,7 +31,6 @@ PLATFORMS = (("iOS", "iOS & iPadOS", True), ("macOS", "macOS", False), ("tvOS", 
 
 
 def _policy_or_404(policy_id: int):
-    from ..ddm.models import PatchPolicy
     policy = db.session.get(PatchPolicy, policy_id)
     if policy is None:
         abort(404)
@@ -50,7 +52,6 @@ def index():
     platform = request.args.get("platform", "iOS")
     platform = "iOS" if platform == "iPadOS" else platform   # one platform in the UI
     policies = ddm_policies.list_policies()
-    from ..ddm.models import PolicyGroup
     return render_template("ui/policies/index.html", platform=platform, platforms=PLATFORMS,
                            platform_label=platform_label(platform),
                            policies=[p for p in policies if p.platform == platform],
@@ -99,7 +100,6 @@ def _invalid_form(policy, data, errors):
 
 def _settings_as_typed(base, data):
     """The form values as typed (strings included), for redisplay only: a simple namespace."""
-    from types import SimpleNamespace
     values = {k: getattr(base, k) for k in FIELD_LABELS}
     for key, value in data.items():
         if key == "beta_programs":
@@ -216,7 +216,6 @@ def unbind(policy_id, kind, target_id):
 @requires(Role.ReadOnly)
 def preview():
     """What a chosen device would receive under the settings in the form (saved or not)."""
-    from .policy_preview import preview_for
     device = db.session.get(Device, request.form.get("preview_device_id", type=int) or 0)
     if device is None:
         return render_template("ui/policies/_preview.html", error="Choose a device to preview."), 422
@@ -265,7 +264,6 @@ def _describe_load(results) -> str:
 @bp.route("/policy-groups")
 @requires(Role.ReadOnly)
 def policy_groups():
-    from ..ddm.models import PolicyGroup
     rings = PolicyGroup.query.order_by(PolicyGroup.id).all()
     return render_template("ui/policies/groups.html", rings=rings, compliance=compliance_by_policy(),
                            scope=scope_by_policy(), device_groups=DeviceGroup.query.order_by(DeviceGroup.name).all())
@@ -275,7 +273,6 @@ def policy_groups():
 @requires(Role.Manager)
 def bind_ring(ring_id):
     """Bind a device group to every policy of a policy group (ring)."""
-    from ..ddm.models import PolicyGroup
     ring = db.session.get(PolicyGroup, ring_id)
     if ring is None:
         abort(404)

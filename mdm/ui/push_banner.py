@@ -10,6 +10,7 @@ from flask import current_app
 from ..extensions import db
 from ..models import PushRequest, utcnow
 from .banners import register_banner
+from .. import push
 
 # Failures that only say one device's token is dead are not an outage.
 _DEVICE_REASONS = ("BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic")
@@ -29,7 +30,6 @@ class PushBanner:
 
 
 def push_banner() -> PushBanner | None:
-    from .. import push
     problem = push._identity_problem(current_app)
     outage = db.and_(PushRequest.last_reason.is_not(None), PushRequest.last_reason.not_in(_DEVICE_REASONS),
                      db.or_(PushRequest.last_status_code.is_(None), PushRequest.last_status_code != 410))

@@ -7,6 +7,9 @@ from flask_login import current_user
 
 from ..accounts import Role
 from ..models import utcnow
+from .device_facts import state_badge
+from .push_banner import init_push_banner
+from .catalog_banner import init_catalog_banner
 
 
 def can(role_name: str) -> bool:
@@ -43,13 +46,10 @@ def init_templating(app) -> None:
     app.jinja_env.filters["dt"] = format_dt
     app.jinja_env.filters["ago"] = ago
 
-    from .device_facts import state_badge
 
     @app.context_processor
     def _helpers():
         return {"can": can, "Role": Role, "now_utc": utcnow, "state_badge": state_badge}
 
-    from .push_banner import init_push_banner
     init_push_banner(app)
-    from .catalog_banner import init_catalog_banner
     init_catalog_banner(app)
