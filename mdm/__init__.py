@@ -3,8 +3,7 @@
 ``create_app`` lists the rooms in one block; each wires itself with ``init_app(app)`` (blueprints,
 scheduler jobs, signal receivers, check-in handlers). The CLI modules attach their commands to
 ``flask mdm`` when imported (mdm/cli.py). Transactions: services flush and audit; the edge commits
-once (a view or ``commit_at_the_edge`` below for requests, a CLI command, the scheduler after a job):
-docs/architecture.md.
+once (a request, a CLI command, a scheduler job): mdm/unit_of_work.py and docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pathlib import Path
 from flask import Flask
 
 from . import backup, cli_core, logs, push, push_cli, pushcert  # noqa: F401  (CLI modules add commands)
-from . import models  # noqa: F401  (register tables)
+from . import models, unit_of_work  # noqa: F401  (models: register tables)
 from .accounts.guard import init_access
 from .accounts.login import init_login
 from .api import bp as api_bp
@@ -61,15 +60,8 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
     app.register_blueprint(api_bp)
     app.cli.add_command(mdm_cli)
 
-    app.after_request(commit_at_the_edge)
+    # A request is an edge: its services flush, and its work commits once (mdm/unit_of_work.py).
+    app.before_request(unit_of_work.begin_request)
+    app.after_request(unit_of_work.end_request)
+    app.teardown_request(unit_of_work.forget_request)
     return app
-
-
-def commit_at_the_edge(response):
-    """The request is the edge of its unit of work: what its services flushed commits once, before the
-    response leaves, unless the answer is an error (then the teardown rolls it back). A view that
-    committed itself, the device check-in (mdm/protocol.py) and ``read_only()`` leave no transaction
-    open, so nothing is committed twice."""
-    if response.status_code < 400 and db.session().in_transaction():
-        db.session.commit()
-    return response

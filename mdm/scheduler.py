@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from .extensions import db, normalise_database_url
 from .models import SchedulerJobRun
+from .unit_of_work import edge
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +228,9 @@ def _in_context(app, func):
         started = dt.datetime.now(dt.timezone.utc)
         with app.app_context():
             try:
-                func(app)
-                db.session.commit()       # a job is an edge: its work commits once, here
+                with edge(f"job:{name}"):      # a job is an edge: its work commits once
+                    func(app)
             except Exception:
-                db.session.rollback()
                 log.exception("scheduled job %s failed", func.__name__)
             try:
                 _record_run(name, started)

@@ -32,6 +32,7 @@ from flask import current_app
 
 from ..extensions import db
 from ..models import audit, utcnow
+from ..unit_of_work import finish
 from . import changes
 from .models import CatalogRelease, CatalogState, DevicePatchTarget
 from .targets import REASON_CATALOG_EXPIRED, REASON_MODEL_UNKNOWN, version_key
@@ -271,7 +272,7 @@ def apply_feed(data, source: str, *, now: dt.datetime | None = None, actor: str 
     if result.changed:
         state.generation = (state.generation or 0) + 1
         audit("catalog.sync", actor=actor, object_type="catalog", object_id=source, after=result.as_dict())
-    db.session.commit()
+    finish()
     log.info("catalog sync from %s: %s", source, result.as_dict())
     return result
 
@@ -282,7 +283,7 @@ def _record_failure(source: str, message: str, now: dt.datetime) -> None:
     state.last_attempt_at, state.last_error = now, message
     if state.source is None:
         state.source = source
-    db.session.commit()
+    db.session.commit()     # the failure is recorded although the caller's unit of work fails (CatalogError)
 
 
 def sync_catalog(*, file: str | None = None, url: str | None = None, now: dt.datetime | None = None,
@@ -302,6 +303,7 @@ def sync_catalog(*, file: str | None = None, url: str | None = None, now: dt.dat
         raise
     if recompute and result.changed:
         changes.replan(None, now=now)     # every device: through the spine (mdm/ddm/changes.py)
+        finish()
     return result
 
 

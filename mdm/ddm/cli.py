@@ -12,7 +12,7 @@ import sys
 import click
 
 from ..cli import mdm_cli
-from ..extensions import db
+from ..unit_of_work import edge
 from . import catalog, groups, policies, rings, spine
 from .results import results_for_policy
 from .policies import PolicyError
@@ -41,9 +41,8 @@ def _run(as_json: bool, func, *args, **kwargs):
     """Call a service and commit (a CLI command is an edge); turn its validation errors into the CLI's
     error output and exit status 1."""
     try:
-        result = func(*args, **kwargs)
-        db.session.commit()
-        return result
+        with edge(f"cli:{getattr(func, '__name__', 'command')}"):
+            return func(*args, **kwargs)
     except PolicyError as exc:
         _fail(as_json, [{"field": e.field, "message": e.message} for e in exc.errors])
     except catalog.CatalogError as exc:

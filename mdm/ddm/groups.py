@@ -2,7 +2,7 @@
 
 Membership changes send ``mdm.signals.group_membership_changed``; the policy engine's receiver
 queues the members for recomputation in the same transaction, and the service drains the queue through
-the DDM spine (``spine.run_queued``) before its one commit, so plans follow at once.
+the DDM spine (``spine.run_queued``) before its work ends (``unit_of_work.finish``), so plans follow at once.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Iterable
 from ..extensions import db
 from ..models import Device, DeviceGroup, audit, group_members
 from ..signals import group_membership_changed
+from ..unit_of_work import finish
 from . import spine
 from .models import PolicyBinding
 from .policies import FieldError, PolicyError, find_device, find_group
@@ -21,9 +22,9 @@ class GroupError(PolicyError):
 
 
 def _drain() -> None:
-    """Plans, sets and results for the members the receivers queued, then the unit of work's commit."""
+    """Plans, sets and results for the members the receivers queued; the service's work ends here."""
     spine.run_queued()
-    db.session.commit()
+    finish()
 
 
 def _check_name(name, exclude_id: int | None = None) -> str:
@@ -61,7 +62,7 @@ def create_group(name: str, description: str = "", *, actor: str = "system", sou
     db.session.flush()
     audit("device_group.create", actor=actor, source=source, object_type="device_group", object_id=group.id,
           after={"name": group.name, "description": group.description})
-    db.session.commit()
+    finish()
     return group
 
 

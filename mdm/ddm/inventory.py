@@ -18,6 +18,7 @@ from sqlalchemy import and_, exists, or_, select
 from ..extensions import db
 from ..models import Command, Device, utcnow
 from ..queue import enqueue_bulk
+from ..unit_of_work import finish
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def devices_due(now: dt.datetime, interval: dt.timedelta) -> list[int]:
 
 
 def queue_inventory(now: dt.datetime | None = None) -> int:
-    """Queue the daily DeviceInformation where it is due, push those devices. Commits. Returns how many."""
+    """Queue the daily DeviceInformation where it is due, push those devices. Flushes per chunk (``unit_of_work.finish``). Returns how many."""
     hours = float(current_app.config.get("INVENTORY_INTERVAL_HOURS", 24))
     if hours <= 0:
         return 0
@@ -43,7 +44,7 @@ def queue_inventory(now: dt.datetime | None = None) -> int:
     for start in range(0, len(ids), CHUNK):
         devices = Device.query.filter(Device.id.in_(ids[start:start + CHUNK])).order_by(Device.id).all()
         enqueue_bulk(devices, "DeviceInformation", queued_by="system:inventory")
-        db.session.commit()
+        finish()
     if ids:
         log.info("periodic inventory: DeviceInformation queued for %d devices", len(ids))
     return len(ids)

@@ -23,6 +23,7 @@ from sqlalchemy import Text, bindparam, delete, insert, select, type_coerce, upd
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
+from ..unit_of_work import finish
 from . import catalog, changes
 from .models import CatalogRelease, DevicePatchTarget, PatchPolicy, PolicyBinding, RecomputeRequest
 from .policies import PolicySettings, settings_of
@@ -195,10 +196,11 @@ def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | 
 
 def recompute(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None,
               refresh: bool = True) -> set[int]:
-    """An edge (tests, scripts): the whole spine for ``device_ids`` (None = every device), or only
-    ``plan_devices`` when ``refresh`` is False, then one commit. Returns the ids whose plan changed."""
+    """For callers that hold only this module (scripts, tests): the whole spine for ``device_ids`` (None =
+    every device), or only ``plan_devices`` when ``refresh`` is False, then ``unit_of_work.finish``.
+    Returns the ids whose plan changed."""
     changed = changes.replan(device_ids, now=now) if refresh else plan_devices(device_ids, now=now)
-    db.session.commit()
+    finish()
     return changed
 
 
@@ -329,7 +331,8 @@ def existing_device_ids(device_ids: Iterable[int]) -> set[int]:
 
 
 def run_queued_recomputes(*, now: dt.datetime | None = None) -> set[int]:
-    """An edge (tests, scripts): ``spine.run_queued`` through the spine's inbox, then one commit."""
+    """For callers that hold only this module: ``spine.run_queued`` through the spine's inbox, then
+    ``unit_of_work.finish``."""
     ids = changes.run_queued(now=now)
-    db.session.commit()
+    finish()
     return ids

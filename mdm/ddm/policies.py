@@ -6,7 +6,7 @@ for placing it next to its input and for the API's ``field`` key) and a message 
 (``FIELD_LABELS``, ``ACTION_LABELS``), e.g. "Install OS updates can't be Always On while Download is
 User Controlled". Services audit (an update records only the changed fields, see
 ``mdm.models.audit_update``), hand the devices the change reaches to the DDM spine (``changes.replan``),
-and end their unit of work with one commit.
+and end with ``unit_of_work.finish()`` (a flush under an edge; the edge commits once).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, audit, audit_update, group_members, utcnow
+from ..unit_of_work import finish
 from . import changes
 from .models import DevicePatchTarget, PatchPolicy, PolicyBinding, PolicyGroup
 
@@ -424,7 +425,7 @@ def create_policy(data: Mapping, *, policy_group: PolicyGroup | None = None, pla
     db.session.flush()
     audit("patch_policy.create", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
           after=settings.to_dict(redact_tokens=True))
-    db.session.commit()
+    finish()
     return policy
 
 
@@ -444,7 +445,7 @@ def update_policy(ref, changes: Mapping, *, actor: str = "system", source: str |
                  after=settings.to_dict(redact_tokens=True))
     db.session.flush()
     _recompute(devices_reached(policy.id))
-    db.session.commit()
+    finish()
     return policy
 
 
@@ -458,7 +459,7 @@ def delete_policy(ref, *, actor: str = "system", source: str | None = None) -> s
     db.session.delete(policy)
     db.session.flush()
     changed = _recompute(affected)
-    db.session.commit()
+    finish()
     return changed
 
 
@@ -480,7 +481,7 @@ def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: st
               after={kind: obj.id, "name": _label(kind, obj)})
     db.session.flush()
     _recompute(affected)
-    db.session.commit()
+    finish()
     return created
 
 
@@ -502,7 +503,7 @@ def unbind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: 
               before={kind: obj.id, "name": _label(kind, obj)})
     db.session.flush()
     _recompute(affected)
-    db.session.commit()
+    finish()
     return removed
 
 

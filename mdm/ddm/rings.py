@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..extensions import db
 from ..models import audit
+from ..unit_of_work import finish
 from .models import PatchPolicy, PolicyGroup
 from .policies import create_policy
 
@@ -52,13 +53,13 @@ def load_default_rings(*, actor: str = "system", source: str | None = None) -> l
             db.session.flush()
             audit("policy_group.create", actor=actor, source=source, object_type="policy_group",
                   object_id=group.id, after={"name": ring})
-            db.session.commit()
+            finish()
         policy = next((p for p in group.policies if p.platform == "iOS"), None)
         if policy is None:
             policy = PatchPolicy.query.filter(db.func.lower(PatchPolicy.name) == ring_policy_name(ring).lower()).first()
             if policy is not None and policy.policy_group_id is None:
                 policy.policy_group = group          # an orphaned ring policy goes back to its ring
-                db.session.commit()
+                finish()
         created_policy = policy is None
         if created_policy:
             policy = create_policy({"name": ring_policy_name(ring), "deferral_days": deferral_days,

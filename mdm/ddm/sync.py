@@ -23,6 +23,7 @@ from ..extensions import db
 from ..models import Command, Device, utcnow
 from ..plistio import dumps
 from ..push import request_push
+from ..unit_of_work import finish
 from . import changes
 from . import declarations as decl
 from .models import DevicePatchTarget, PatchPolicy
@@ -240,10 +241,10 @@ def store_sets(run: "_RefreshRun", sets: ChunkSets) -> list[int]:
 
 
 def refresh_devices(device_ids: Iterable[int]) -> set[int]:
-    """An edge (tests, scripts): ``spine.refresh`` through the spine's inbox (this module sits below the
-    spine), then one commit. Returns the ids whose DeclarationsToken changed."""
+    """For callers that hold only this module: ``spine.refresh`` through the spine's inbox (this module
+    sits below the spine), then ``unit_of_work.finish``. Returns the ids whose DeclarationsToken changed."""
     changed = changes.refresh(device_ids)
-    db.session.commit()
+    finish()
     return changed
 
 

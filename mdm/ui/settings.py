@@ -24,6 +24,7 @@ from ..enroll.pki import get_pki
 from ..extensions import db
 from ..models import utcnow
 from ..scheduler import registered_jobs
+from ..unit_of_work import edge
 from .responses import redirect_after_change
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -207,8 +208,8 @@ def _run_sync(app, actor: str) -> None:
     with app.app_context():
         result, error = None, None
         try:
-            result = sync_catalog(actor=actor).as_dict()
-            db.session.commit()       # this thread is the edge of its unit of work
+            with edge("catalog-sync"):      # this thread is the edge of its unit of work
+                result = sync_catalog(actor=actor).as_dict()
         except Exception as exc:  # recorded for the page; the catalog keeps its cache on failure
             error = str(exc) or type(exc).__name__
         finally:
