@@ -28,6 +28,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from flask import current_app
 
 from ..extensions import db
@@ -201,7 +202,6 @@ def tls_context(extra_ca_file: str | None = None) -> ssl.SSLContext:
 
 
 def fetch_feed(url: str, *, ca_file: str | None = None, timeout: float = 30.0) -> dict:
-    import httpx
     try:
         with httpx.Client(verify=tls_context(ca_file), timeout=timeout, follow_redirects=True) as client:
             with client.stream("GET", url, headers={"Accept": "application/json"}) as response:

@@ -172,19 +172,8 @@ def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | 
         elif any(old[f] != new[f] for f in _COMPARED):
             updates.append({"b_device_id": device_id, "changed_at": now, **new})
 
-    table = DevicePatchTarget.__table__
-    if inserts:
-        db.session.execute(insert(table), inserts)
-    if updates:
-        db.session.execute(update(table).where(table.c.device_id == bindparam("b_device_id")), updates)
-    for chunk in _chunks(deletes):
-        db.session.execute(delete(table).where(table.c.device_id.in_(chunk)))
-    queue = RecomputeRequest.__table__
-    if wanted is None:
-        db.session.execute(delete(queue).where(queue.c.queued_at <= started))
-    else:
-        for chunk in _chunks(wanted):
-            db.session.execute(delete(queue).where(queue.c.device_id.in_(chunk)))
+    _store_plans(inserts, updates, deletes)
+    _dequeue(wanted, started)
     db.session.flush()
     db.session.expire_all()   # bulk statements bypass the identity map
 
@@ -192,6 +181,26 @@ def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | 
     log.info("recompute: %d devices considered, %d changed (%d new, %d updated, %d removed)",
              len(candidates), len(changed), len(inserts), len(updates), len(deletes))
     return changed
+
+
+def _store_plans(inserts: list[dict], updates: list[dict], deletes: list[int]) -> None:
+    table = DevicePatchTarget.__table__
+    if inserts:
+        db.session.execute(insert(table), inserts)
+    if updates:
+        db.session.execute(update(table).where(table.c.device_id == bindparam("b_device_id")), updates)
+    for chunk in _chunks(deletes):
+        db.session.execute(delete(table).where(table.c.device_id.in_(chunk)))
+
+
+def _dequeue(wanted: list[int] | None, started: dt.datetime) -> None:
+    """Take the planned devices off the recompute queue (all of them: what was queued before the start)."""
+    queue = RecomputeRequest.__table__
+    if wanted is None:
+        db.session.execute(delete(queue).where(queue.c.queued_at <= started))
+    else:
+        for chunk in _chunks(wanted):
+            db.session.execute(delete(queue).where(queue.c.device_id.in_(chunk)))
 
 
 def recompute(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None,

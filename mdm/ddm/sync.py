@@ -3,6 +3,10 @@
 ``compute_set`` is the one function that turns "what this device should have" into the declarations
 and the DeclarationsToken; every endpoint and every refresh goes through it. The DeclarationsToken is
 a hash over the (identifier, ServerToken) pairs, so it changes exactly when the set changes.
+
+Two stages of the DDM spine (mdm/ddm/spine.py) live here, each returning what the next needs:
+``compute_sets`` (sets and tokens for a chunk, reads only) -> ``store_sets`` (sets written, commands
+queued; returns the devices to wake) -> ``notify`` (one push request). Nothing here commits.
 """
 from __future__ import annotations
 
