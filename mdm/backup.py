@@ -33,9 +33,10 @@ from flask import current_app
 from sqlalchemy.engine import make_url
 
 from .cli import mdm_cli
-from .secrets import (KEY_FILE_NAME, KEY_FILE_PATTERN, SecretBox, SecretsKeyError, get_box, is_sealed, parse_key, resolve_box, write_secret_file)
-from .extensions import db
 from .dbsetup import init_db
+from .extensions import db
+from .secrets import (KEY_FILE_NAME, KEY_FILE_PATTERN, SecretBox, SecretsKeyError, get_box, is_sealed, parse_key,
+                      resolve_box, write_secret_file)
 
 FORMAT = "mdm-backup/1"
 INSTANCE_FILES = ("secret_key", "config.py")

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from flask import current_app
+from sqlalchemy.engine import make_url
 
 from .dbsetup import init_db
 from .enroll.pki import get_pki
-from sqlalchemy.engine import make_url
 from .secrets import get_box, seal_device_tokens
 
 

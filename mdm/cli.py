@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 from flask.cli import AppGroup
+
 from .bootstrap import initialise
 from .secrets import SecretsKeyError
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
+from . import queue
 from .cli import mdm_cli
+from .commands import CommandError
 from .commands.base import json_safe
 from .extensions import db
 from .models import Device, audit
-from . import queue
-from .commands import CommandError
 
 
 def _iso(value):

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import current_app
+from flask_migrate import upgrade
 
 from .extensions import db
-from flask_migrate import upgrade
 
 
 def init_db() -> None:

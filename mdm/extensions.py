@@ -7,13 +7,13 @@ transaction with a rollback (``read_only`` does that on exit).
 """
 import contextlib
 import contextvars
+import sqlite3
 import threading
 
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine, make_url
-import sqlite3
 
 # Stable constraint names so Alembic migrations work the same on SQLite and PostgreSQL.
 naming_convention = {

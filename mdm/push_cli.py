@@ -8,12 +8,12 @@ import click
 from flask.cli import AppGroup
 
 from .cli import mdm_cli
-from .push_request import APPLE_PORTAL_URL
-from .pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
-                       open_signing_service_reply, status, submit_to_signing_service)
 from .extensions import db
 from .models import Device
 from .push import send_now
+from .push_request import APPLE_PORTAL_URL
+from .pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
+                       open_signing_service_reply, status, submit_to_signing_service)
 
 push_cli = AppGroup("push", help="APNs push certificate and pushes.")
 mdm_cli.add_command(push_cli)

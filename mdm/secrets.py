@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import current_app, has_app_context
+
 from .extensions import db
 
 KEY_FILE_NAME = "secrets.key"

@@ -29,13 +29,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import timedelta
 
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from .accounts import LoginThrottle
+from .certauth import _is_trusted_proxy
 from .extensions import db
 from .models import utcnow
-from flask import current_app
-from .certauth import _is_trusted_proxy
 
 DEFAULT_FAILURES_PER_MINUTE = 20
 WINDOW_SECONDS = 60.0

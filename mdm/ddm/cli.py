@@ -14,8 +14,8 @@ import click
 from ..cli import mdm_cli
 from ..unit_of_work import edge
 from . import catalog, groups, policies, rings, spine
-from .results import results_for_policy
 from .policies import PolicyError
+from .results import results_for_policy
 
 ACTOR = "cli"
 

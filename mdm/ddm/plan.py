@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Iterable
 
-from sqlalchemy import Text, bindparam, delete, insert, select, type_coerce, update
+from sqlalchemy import Text, bindparam, delete, func, insert, select, type_coerce, update
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
@@ -345,3 +345,11 @@ def run_queued_recomputes(*, now: dt.datetime | None = None) -> set[int]:
     ids = changes.run_queued(now=now)
     finish()
     return ids
+
+
+def governed_counts() -> dict[int, int]:
+    """{policy id: number of devices whose stored plan names it} (the devices it actually governs)."""
+    table = DevicePatchTarget.__table__
+    rows = db.session.execute(select(table.c.policy_id, func.count()).where(table.c.policy_id.is_not(None))
+                              .group_by(table.c.policy_id))
+    return dict(rows.all())

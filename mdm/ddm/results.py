@@ -461,3 +461,34 @@ def deadline_within(now: datetime, days: int):
     unknown = db.and_(PolicyResult.deadline_utc.is_(None), PolicyResult.deadline_local.is_not(None),
                       PolicyResult.deadline_local >= earliest_local, PolicyResult.deadline_local <= latest_local)
     return db.and_(db.or_(known, unknown), PolicyResult.state.notin_((COMPLIANT, NOT_APPLICABLE)))
+
+
+# ---- the read side: figures for lists, the dashboard and charts (mdm/ui/policy_stats.py) ------------
+
+def state_counts_by_policy() -> dict[int, dict[str, int]]:
+    """{policy id: {state: number of devices}} from the stored results."""
+    out: dict[int, dict[str, int]] = {}
+    rows = db.session.execute(select(PolicyResult.policy_id, PolicyResult.state, db.func.count())
+                              .group_by(PolicyResult.policy_id, PolicyResult.state))
+    for policy_id, state, n in rows:
+        out.setdefault(policy_id, {})[state] = n
+    return out
+
+
+def upcoming_deadlines(now: datetime, days: int, limit: int) -> list[PolicyResult]:
+    """Results not yet compliant whose deadline falls in the next ``days``, soonest first."""
+    return (PolicyResult.query.filter(deadline_within(now, days))
+            .order_by(PolicyResult.deadline_utc.is_(None), PolicyResult.deadline_utc, PolicyResult.deadline_local)
+            .limit(limit).all())
+
+
+def upcoming_deadline_count(now: datetime, days: int) -> int:
+    return PolicyResult.query.filter(deadline_within(now, days)).count()
+
+
+def state_changes(policy_id: int):
+    """(device id, new state, changed at) of every result change of the policy, oldest first."""
+    return db.session.execute(select(PolicyResultChange.device_id, PolicyResultChange.state,
+                                     PolicyResultChange.changed_at)
+                              .where(PolicyResultChange.policy_id == policy_id)
+                              .order_by(PolicyResultChange.changed_at, PolicyResultChange.id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from ..secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, get_box, is_sealed, load_cert_chain, write_secret_file)
 from flask import current_app
-import ssl
+
+from ..secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, get_box, is_sealed, load_cert_chain,
+                       write_secret_file)
 
 KEY_SIZE = 2048
 

@@ -21,9 +21,9 @@ from flask import current_app
 from .. import plistio
 from ..extensions import db
 from ..models import EnrollmentToken, ScepChallenge, audit, utcnow
+from ..pushcert import PushCertError, current_topic
 from .pki import get_pki
 from .tokens import TokenError, TokenRefused, redeem_token
-from ..pushcert import PushCertError, current_topic
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ was posted a few days ago: for demos on a machine that cannot reach Apple. It is
 """
 from __future__ import annotations
 
-import logging
 import datetime as dt
 import json
+import logging
 import signal
 import threading
 
@@ -20,15 +20,15 @@ from click.core import ParameterSource
 from flask import current_app
 
 from ..cli import mdm_cli
+from ..ddm.catalog import SNAPSHOT_PATH, CatalogError, load_feed_file, shift_feed
+from ..ddm.groups import GroupError, add_devices, require_group
+from ..enroll.pki import get_pki
+from ..enroll.tokens import create_token, enrollment_url as url_for_token
 from ..extensions import db
 from .device import DeviceProfile
 from .fleet import run_fleet
-from ..enroll.pki import get_pki
-from ..enroll.tokens import create_token, enrollment_url as url_for_token
-from ..ddm.groups import GroupError, add_devices, require_group
 from .live import enroll_live_fleet
 from .mix import fleet_mix
-from ..ddm.catalog import SNAPSHOT_PATH, CatalogError, load_feed_file, shift_feed
 
 SUMMARY_EVERY_SECONDS = 30
 

@@ -16,8 +16,8 @@ from ..extensions import db
 from ..models import audit
 from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
                    static_files)
-from .templating import init_templating
 from .error_pages import init_error_pages
+from .templating import init_templating
 
 
 def init_ui(app) -> None:

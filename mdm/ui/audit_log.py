@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from ..accounts import Role
 from ..accounts.access import is_htmx, requires
+from ..ddm.policies import FIELD_LABELS
 from ..extensions import db
 from ..models import AuditEvent
-from ..ddm.policies import FIELD_LABELS
 
 bp = Blueprint("audit_log", __name__, url_prefix="/audit")
 PAGE_SIZE = 100

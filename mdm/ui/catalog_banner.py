@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .banners import register_banner
 from ..ddm.catalog import catalog_health, devices_without_target
+from .banners import register_banner
 
 
 @dataclass

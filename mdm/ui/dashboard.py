@@ -11,13 +11,13 @@ from sqlalchemy import func, or_, select
 from .. import pushcert
 from ..accounts import Role
 from ..accounts.access import requires
+from ..ddm.catalog import devices_without_target
 from ..ddm.policies import list_policies
 from ..extensions import db
 from ..models import Device, utcnow
 from .charts import compliance_line
 from .policy_stats import compliance_by_policy, compliance_history, scope_by_policy, upcoming_deadline_count, \
     upcoming_deadlines
-from ..ddm.catalog import devices_without_target
 
 bp = Blueprint("dashboard", __name__)
 

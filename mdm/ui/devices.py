@@ -8,13 +8,13 @@ from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor, current_source
 from ..ddm.group_admin import GroupError, add_members
+from ..ddm.models import PatchPolicy
 from ..devices.commands import (ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, BulkRefusal, check_bulk_command,
                                queue_bulk_command, queue_device_command)
 from ..devices.query import PATCH_STATES, PLATFORM_CHOICES, DeviceFilters, device_page, filter_choices
 from ..extensions import db
 from ..models import Command, Device, DeviceCertificate, DeviceGroup
 from .device_facts import declarations_for, policy_results_for, time_zone_of
-from ..ddm.models import PatchPolicy
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
 

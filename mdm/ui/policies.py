@@ -3,6 +3,7 @@ results, and the policy groups (deployment rings). All changes go through the DD
 from __future__ import annotations
 
 from types import SimpleNamespace
+
 from flask import Blueprint, abort, flash, render_template, request, url_for
 from flask_login import current_user
 
@@ -10,6 +11,7 @@ from ..accounts import Role
 from ..accounts.access import requires
 from ..accounts.actor import current_actor, current_source
 from ..ddm import policies as ddm_policies
+from ..ddm.models import PatchPolicy, PolicyGroup
 from ..ddm.results import results_for_policy
 from ..ddm.rings import load_default_rings
 from ..devices.query import DeviceFilters, device_page
@@ -17,10 +19,9 @@ from ..extensions import db
 from ..models import Device, DeviceGroup
 from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, MACOS_ONLY_SETTINGS,
                           errors_by_field, form_to_data, platform_label)
+from .policy_preview import preview_for
 from .policy_stats import compliance_by_policy, scope_by_policy
 from .responses import redirect_after_change
-from ..ddm.models import PatchPolicy, PolicyGroup
-from .policy_preview import preview_for
 
 bp = Blueprint("policies", __name__)
 

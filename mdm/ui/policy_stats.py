@@ -1,15 +1,12 @@
-"""Per-policy figures for lists, the dashboard and charts, aggregated in SQL from stored results."""
+"""Per-policy figures for lists, the dashboard and charts, shaped for display from the DDM room's read
+side (``mdm.ddm.results``: stored results and their history; ``mdm.ddm.plan.governed_counts``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-
-from ..ddm.models import DevicePatchTarget
-from ..ddm.results import deadline_within
-from ..ddm.state_models import PolicyResult, PolicyResultChange
-from ..extensions import db
+from ..ddm import results
+from ..ddm.plan import governed_counts
 from ..models import utcnow
 
 
@@ -39,31 +36,21 @@ class Compliance:
 
 
 def compliance_by_policy() -> dict[int, Compliance]:
-    out: dict[int, Compliance] = {}
-    rows = db.session.execute(select(PolicyResult.policy_id, PolicyResult.state, func.count())
-                              .group_by(PolicyResult.policy_id, PolicyResult.state))
-    for policy_id, state, n in rows:
-        out.setdefault(policy_id, Compliance()).by_state[state] = n
-    return out
+    return {policy_id: Compliance(counts) for policy_id, counts in results.state_counts_by_policy().items()}
 
 
 def scope_by_policy() -> dict[int, int]:
     """Devices whose stored plan names each policy (the devices it actually governs)."""
-    rows = db.session.execute(select(DevicePatchTarget.policy_id, func.count())
-                              .where(DevicePatchTarget.policy_id.is_not(None))
-                              .group_by(DevicePatchTarget.policy_id))
-    return dict(rows.all())
+    return governed_counts()
 
 
 def upcoming_deadlines(days: int = 7, limit: int = 10) -> list:
     """Results not yet compliant whose deadline falls in the next ``days``, soonest first."""
-    return (PolicyResult.query.filter(deadline_within(utcnow(), days))
-            .order_by(PolicyResult.deadline_utc.is_(None), PolicyResult.deadline_utc, PolicyResult.deadline_local)
-            .limit(limit).all())
+    return results.upcoming_deadlines(utcnow(), days, limit)
 
 
 def upcoming_deadline_count(days: int = 7) -> int:
-    return PolicyResult.query.filter(deadline_within(utcnow(), days)).count()
+    return results.upcoming_deadline_count(utcnow(), days)
 
 
 def compliance_history(policy_id: int, days: int = 30) -> list[tuple[datetime, int | None]]:
@@ -71,10 +58,7 @@ def compliance_history(policy_id: int, days: int = 30) -> list[tuple[datetime, i
     result change history: one pass over the changes, counters updated as states change."""
     today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     ends = [today - timedelta(days=days - 1 - i) + timedelta(days=1) for i in range(days)]
-    changes = db.session.execute(select(PolicyResultChange.device_id, PolicyResultChange.state,
-                                        PolicyResultChange.changed_at)
-                                 .where(PolicyResultChange.policy_id == policy_id)
-                                 .order_by(PolicyResultChange.changed_at, PolicyResultChange.id))
+    changes = results.state_changes(policy_id)
     state: dict[int, str] = {}
     in_scope = compliant = 0
     points, i = [], 0

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from .. import push
 from ..extensions import db
 from ..models import PushRequest, utcnow
 from .banners import register_banner
-from .. import push
 
 # Failures that only say one device's token is dead are not an outage.
 _DEVICE_REASONS = ("BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic")

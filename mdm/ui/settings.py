@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import threading
 
-from flask import Blueprint, Response, current_app, flash, render_template, request, url_for
 from cryptography.hazmat.primitives import hashes
+from flask import Blueprint, Response, current_app, flash, render_template, request, url_for
 
 from .. import pushcert
-from ..push_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
-from ..pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
-                        open_signing_service_reply, pending_request, submit_to_signing_service)
 from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor
@@ -23,6 +20,9 @@ from ..ddm.catalog import DEFAULT_URL, catalog_status, sync_catalog
 from ..enroll.pki import get_pki
 from ..extensions import db
 from ..models import utcnow
+from ..push_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
+from ..pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
+                        open_signing_service_reply, pending_request, submit_to_signing_service)
 from ..scheduler import registered_jobs
 from ..unit_of_work import edge
 from .responses import redirect_after_change

@@ -7,9 +7,9 @@ from flask_login import current_user
 
 from ..accounts import Role
 from ..models import utcnow
+from .catalog_banner import init_catalog_banner
 from .device_facts import state_badge
 from .push_banner import init_push_banner
-from .catalog_banner import init_catalog_banner
 
 
 def can(role_name: str) -> bool:
