@@ -67,3 +67,12 @@ def load_default_rings(*, actor: str = "system", source: str | None = None) -> l
                                    policy_group=group, actor=actor, source=source)
         results.append(RingResult(ring, policy.name, policy.id, created_group, created_policy))
     return results
+
+
+def list_rings() -> list[PolicyGroup]:
+    """Every policy group (deployment ring), oldest first."""
+    return PolicyGroup.query.order_by(PolicyGroup.id).all()
+
+
+def get_ring(ring_id: int) -> PolicyGroup | None:
+    return db.session.get(PolicyGroup, ring_id)

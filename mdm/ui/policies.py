@@ -11,9 +11,9 @@ from ..accounts import Role
 from ..accounts.access import requires
 from ..accounts.actor import current_actor, current_source
 from ..ddm import policies as ddm_policies
-from ..ddm.models import PatchPolicy, PolicyGroup
+from ..ddm.models import PatchPolicy
 from ..ddm.results import results_for_policy
-from ..ddm.rings import load_default_rings
+from ..ddm.rings import get_ring, list_rings, load_default_rings
 from ..devices.query import DeviceFilters, device_page
 from ..extensions import db
 from ..models import Device, DeviceGroup
@@ -56,7 +56,7 @@ def index():
     return render_template("ui/policies/index.html", platform=platform, platforms=PLATFORMS,
                            platform_label=platform_label(platform),
                            policies=[p for p in policies if p.platform == platform],
-                           any_policy=bool(policies), any_group=PolicyGroup.query.count() > 0,
+                           any_policy=bool(policies), any_group=bool(list_rings()),
                            scope=scope_by_policy(), compliance=compliance_by_policy())
 
 
@@ -265,7 +265,7 @@ def _describe_load(results) -> str:
 @bp.route("/policy-groups")
 @requires(Role.ReadOnly)
 def policy_groups():
-    rings = PolicyGroup.query.order_by(PolicyGroup.id).all()
+    rings = list_rings()
     return render_template("ui/policies/groups.html", rings=rings, compliance=compliance_by_policy(),
                            scope=scope_by_policy(), device_groups=DeviceGroup.query.order_by(DeviceGroup.name).all())
 
@@ -274,7 +274,7 @@ def policy_groups():
 @requires(Role.Manager)
 def bind_ring(ring_id):
     """Bind a device group to every policy of a policy group (ring)."""
-    ring = db.session.get(PolicyGroup, ring_id)
+    ring = get_ring(ring_id)
     if ring is None:
         abort(404)
     group_id = request.form.get("group_id", type=int)
