@@ -19,9 +19,10 @@ from .accounts.login import init_login
 from .api import bp as api_bp
 from .cli import mdm_cli
 from .config import PROJECT_ROOT, load_config
-from .ddm import jobs as ddm
-from .ddm import models as ddm_models, state_models  # noqa: F401  (register tables)
-from .enroll import cli as enroll_cli, scep  # noqa: F401  (enroll_cli adds commands)
+from .ddm import jobs as ddm_room
+from .ddm import models as ddm_models, state_models as ddm_state_models  # noqa: F401  (register tables)
+from .enroll import cli as enroll_cli  # noqa: F401  (adds commands)
+from .enroll import scep
 from .enroll.views import bp as enroll_bp
 from .extensions import db, migrate
 from .protocol import bp as protocol_bp
@@ -55,7 +56,7 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
     scep.init_app(app)
     init_login(app)
     init_access(app)
-    ddm.init_app(app)
+    ddm_room.init_app(app)
     init_ui(app)
     app.register_blueprint(api_bp)
     app.cli.add_command(mdm_cli)
