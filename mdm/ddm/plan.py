@@ -22,11 +22,11 @@ from sqlalchemy import Text, bindparam, delete, insert, select, type_coerce, upd
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
-from . import catalog
+from . import catalog, sofa
 from .models import CatalogRelease, DevicePatchTarget, PatchPolicy, PolicyBinding, RecomputeRequest
 from .policies import PolicySettings, settings_of
-from .targets import (REASON_MODEL_UNKNOWN, ReleaseIndex, build_release_index, choose_target,
-                      deadline_instant_utc, enforcement_deadline)
+from .targets import REASON_MODEL_UNKNOWN, ReleaseIndex, build_release_index, choose_target, deadline_instant_utc, \
+    plan_deadline
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class PatchPlan:
     reason: str | None            # why no enforcement: "compliant", "model unknown", "no candidate release", ...
     compliant: bool
     conflicts: tuple[str, ...]
+    deadline_anchor_version: str | None = None   # the release the deadline counts from (targets.Deadline)
+    deadline_note: str | None = None             # "deadline counted from iOS 18.1 (first release ...)"
 
 
 def patch_plan_for_device(device) -> PatchPlan | None:
@@ -61,21 +63,24 @@ def patch_plan_for_device(device) -> PatchPlan | None:
                      settings=settings_of(policy), target_version=row.target_version,
                      target_build=row.target_build, deadline_local=row.deadline_local,
                      deadline_utc=row.deadline_utc, reason=row.reason, compliant=bool(row.compliant),
-                     conflicts=tuple(row.conflicts or ()))
+                     conflicts=tuple(row.conflicts or ()), deadline_anchor_version=row.deadline_anchor_version,
+                     deadline_note=row.deadline_note)
 
 
 # ---- the candidate index, cached per catalog generation --------------------------------------------
 
-_index_cache: dict[str, tuple[int, ReleaseIndex]] = {}
+_index_cache: dict[str, tuple[tuple[int, int], ReleaseIndex]] = {}
 
 
 def release_index() -> ReleaseIndex:
+    """Catalog releases per model, with SOFA's CVE facts per version (cached per generation of both)."""
     key = str(db.engine.url)
-    generation = catalog.generation()
+    generation = (catalog.generation(), sofa.generation())
     cached = _index_cache.get(key)
     if cached and cached[0] == generation:
         return cached[1]
-    index = build_release_index(CatalogRelease.query.filter(CatalogRelease.kind == "os").all())
+    index = build_release_index(CatalogRelease.query.filter(CatalogRelease.kind == "os").all(),
+                                sofa.security_by_version())
     _index_cache[key] = (generation, index)
     return index
 
@@ -100,7 +105,7 @@ def _strictness(policy: PatchPolicy) -> tuple:
 
 
 _FIELDS = ("policy_id", "binding", "target_version", "target_build", "deadline_local", "deadline_utc", "reason",
-           "compliant", "conflicts", "settings_digest", "applied_at")
+           "compliant", "conflicts", "settings_digest", "deadline_anchor_version", "deadline_note", "applied_at")
 _COMPARED = _FIELDS[:-1]
 
 
@@ -258,7 +263,8 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
         return cached
     s = settings[winner_id]
     model = index.model_for(su_device_id, product_name)
-    row = {"target_version": None, "target_build": None, "deadline_local": None, "deadline_utc": None}
+    row = {"target_version": None, "target_build": None, "deadline_local": None, "deadline_utc": None,
+           "deadline_anchor_version": None, "deadline_note": None}
     if model is None:
         row.update(compliant=False, reason=REASON_MODEL_UNKNOWN)
     else:
@@ -267,9 +273,13 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
         row.update(compliant=choice.compliant, reason=choice.reason, target_version=choice.target_version,
                    target_build=choice.target_build)
         if choice.release is not None and s.enforce and s.local_time:
-            row["deadline_local"], _wall_time = enforcement_deadline(
-                choice.release, deferral_days=s.deferral_days, grace_days=s.grace_days, local_time=s.local_time,
-                applied_at=applied_at)
+            deadline = plan_deadline(
+                index.releases_for(model), os_version, choice.release, deferral_days=s.deferral_days,
+                grace_days=s.grace_days, local_time=s.local_time, applied_at=applied_at, now=now,
+                anchor_rule=s.deadline_anchor, exploited_grace_days=s.exploited_grace_days,
+                security=index.security, stay_on_major=s.stay_on_major)
+            row.update(deadline_local=deadline.local, deadline_anchor_version=deadline.anchor.version,
+                       deadline_note=deadline.note)
             row["deadline_utc"] = deadline_instant_utc(row["deadline_local"], time_zone)
     cache[key] = row
     return row
