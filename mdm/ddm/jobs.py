@@ -1,6 +1,6 @@
 """The policy engine's wiring: scheduler jobs and signal receivers (imported with the DDM models).
 
-Jobs: catalog refresh (daily, and once shortly after start), full recomputation (hourly, so deferrals
+Jobs: catalog refresh and SOFA vulnerability-feed refresh (daily, and once shortly after start), full recomputation (hourly, so deferrals
 and deadlines move with the clock), a minute job draining the recompute queue, and the periodic
 inventory (``inventory.py``: a daily DeviceInformation per device, for its time zone and OS). Receivers only
 record work (``queue_recompute``) inside the sender's transaction; after a request that queued
@@ -33,6 +33,11 @@ def refresh_catalog(app) -> None:
         ensure_catalog()     # offline first run: fall back to the packaged snapshot
 
 
+def refresh_sofa(app) -> None:
+    from .sofa import refresh_job
+    refresh_job()         # plans pick the new CVE facts up at the next hourly recomputation
+
+
 def recompute_all(app) -> None:
     from .plan import recompute
     recompute()
@@ -50,6 +55,8 @@ def refresh_inventory(app) -> None:
 
 register_job(refresh_catalog, "interval", hours=24,
              next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30))
+register_job(refresh_sofa, "interval", hours=24,
+             next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=45))
 register_job(recompute_all, "interval", hours=1)
 register_job(drain_recompute_queue, "interval", minutes=1)
 register_job(refresh_inventory, "interval", hours=1)      # asks only devices whose answer is a day old

@@ -275,3 +275,27 @@ def sofa_status(now: dt.datetime | None = None) -> dict:
             "feed_checked_at": health.feed_checked_at.isoformat() if health.feed_checked_at else None,
             "last_error": health.last_error, "releases": health.releases, "problem": health.problem,
             "url": current_app.config.get("SOFA_URL") or DEFAULT_URL}
+
+
+# ---- the catalog view -------------------------------------------------------------------------------
+
+def releases_with_security(*, include_security_responses: bool = False, model: str | None = None) -> list[dict]:
+    """Catalog rows, newest first, each with SOFA's CVE count and actively exploited CVEs (None when SOFA
+    does not describe the version). For the catalog page, ``flask mdm catalog list`` and the API."""
+    from .catalog import releases as catalog_releases
+    security = security_by_version()
+    today = utcnow().date()
+    rows = []
+    for r in catalog_releases(include_security_responses=include_security_responses):
+        if model and model not in (r.supported_devices or ()):
+            continue
+        facts = security.get(version_key(r.product_version)) if r.kind == "os" else None
+        rows.append({"version": r.product_version, "build": r.build, "kind": r.kind,
+                     "extra": r.product_version_extra, "first_posting_date": r.first_posting_date.isoformat(),
+                     "posting_date": r.posting_date.isoformat(),
+                     "expiration_date": r.expiration_date.isoformat() if r.expiration_date else None,
+                     "expired": r.expiration_date is not None and today >= r.expiration_date,
+                     "sections": r.sections, "devices": len(r.supported_devices or ()),
+                     "cves": facts.cve_count if facts else None,
+                     "exploited_cves": list(facts.exploited_cves) if facts else None})
+    return rows

@@ -15,6 +15,9 @@ class Preview:
     target_version: str | None = None
     target_build: str | None = None
     deadline_local: str | None = None
+    deadline_note: str | None = None      # "deadline counted from iOS 18.1 (first release this device missed)"
+    target_cves: int | None = None        # SOFA: CVEs the target fixes (None: SOFA does not describe it)
+    target_exploited: tuple = ()          # SOFA: actively exploited CVEs among them
     reason: str | None = None
     compliant: bool = False
     declarations: list = field(default_factory=list)
@@ -25,7 +28,7 @@ def preview_for(device, settings, policy=None) -> Preview:
     from ..ddm import declarations as decl
     from ..ddm.models import DevicePatchTarget
     from ..ddm.plan import PatchPlan, release_index
-    from ..ddm.targets import REASON_MODEL_UNKNOWN, choose_target, enforcement_deadline
+    from ..ddm.targets import REASON_MODEL_UNKNOWN, choose_target, plan_deadline
 
     now = utcnow()
     stored = db.session.get(DevicePatchTarget, device.id)
@@ -42,14 +45,21 @@ def preview_for(device, settings, policy=None) -> Preview:
                                stay_on_major=settings.stay_on_major, now=now)
         out.compliant, out.reason = choice.compliant, choice.reason
         out.target_version, out.target_build = choice.target_version, choice.target_build
+        security = index.security_of(choice.release)
+        if security is not None:
+            out.target_cves, out.target_exploited = security.cve_count, security.exploited_cves
         if choice.release is not None and settings.enforce and settings.local_time:
-            out.deadline_local, _ = enforcement_deadline(choice.release, deferral_days=settings.deferral_days,
-                                                         grace_days=settings.grace_days,
-                                                         local_time=settings.local_time, applied_at=applied_at)
+            deadline = plan_deadline(index.releases_for(model), device.os_version, choice.release,
+                                     deferral_days=settings.deferral_days, grace_days=settings.grace_days,
+                                     local_time=settings.local_time, applied_at=applied_at, now=now,
+                                     anchor_rule=settings.deadline_anchor,
+                                     exploited_grace_days=settings.exploited_grace_days, security=index.security,
+                                     stay_on_major=settings.stay_on_major)
+            out.deadline_local, out.deadline_note = deadline.local, deadline.note
     plan = PatchPlan(policy_id=policy.id if policy else 0, policy_name=settings.name, binding="preview",
                      settings=settings, target_version=out.target_version, target_build=out.target_build,
                      deadline_local=out.deadline_local, deadline_utc=None, reason=out.reason,
-                     compliant=out.compliant, conflicts=())
+                     compliant=out.compliant, conflicts=(), deadline_note=out.deadline_note)
     if not device.runs_ios:
         out.notes.append(f"{device.platform} device: iOS & iPadOS patch policies do not apply to it")
         return out
