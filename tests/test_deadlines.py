@@ -363,3 +363,59 @@ def test_switching_a_policy_to_newest_restarts_the_clock_and_the_plan_says_so(ct
     plan = patch_plan_for_device(phone)
     assert (plan.deadline_anchor_version, plan.deadline_local) == ("18.1", "2024-11-27T10:00:00")
     assert "the clock restarts with each release" in plan.deadline_note
+
+
+# ---- 6. The policy form, the preview and the results page ---------------------------------------------
+
+def test_the_form_sets_both_options_and_the_preview_and_results_explain_the_deadline(app):
+    import re
+    from mdm.accounts import Role
+    from mdm.ddm import catalog, sofa
+    from mdm.ddm.catalog import shift_feed
+    from mdm.ddm.models import PatchPolicy
+    from mdm.models import utcnow
+    from test_ui_policies import VALID
+    from test_ui_support import add_devices, iphone, signed_in
+    # Apple's history moved so that 18.1.1 (fixes 2 actively exploited CVEs) was posted 5 days ago.
+    days = (utcnow().date() - dt.date(2024, 11, 19)).days - 5
+    with app.app_context():
+        catalog.apply_feed(shift_feed(HISTORY, days), "test: shifted history")
+        sofa.apply_feed(SOFA, "sample")
+    device_id = add_devices(app, [iphone("Alice", "SN-ALICE", "18.1", time_zone="UTC")])[0]
+    manager = signed_in(app, Role.Manager, "mgr")
+    form = manager.get("/patch-management/new/iOS").text
+    assert 'name="deadline_anchor" value="first_missed" checked' in form
+    assert 'id="f-exploited_grace_days"' in form
+
+    data = dict(VALID, name="Urgent", deferral_days="0", grace_days="30", local_time="10:00",
+                deadline_anchor="newest", exploited_grace_days="40")
+    refused = manager.post("/patch-management", data)
+    assert refused.status_code == 422
+    slot = re.search(r'<div id="err-exploited_grace_days"[^>]*>(.*?)</div>\s*</div>', refused.text, re.S).group(1)
+    assert "between 0 and the Grace period (30 days)" in slot
+
+    data["exploited_grace_days"] = "2"
+    assert manager.post("/patch-management", data).status_code == 303
+    with app.app_context():
+        policy = PatchPolicy.query.filter_by(name="Urgent").one()
+        assert (policy.deadline_anchor, policy.exploited_grace_days) == ("newest", 2)
+        policy_id = policy.id
+    edit = manager.get(f"/patch-management/{policy_id}").text
+    assert 'name="deadline_anchor" value="newest" checked' in edit and 'value="2"' in edit
+
+    preview = manager.post("/patch-management/preview", dict(data, policy_id=str(policy_id),
+                                                             preview_device_id=str(device_id)), htmx=True).text
+    assert re.search(r"<dt>Target</dt><dd>18\.1\.1", preview)
+    assert "2 CVEs" in preview and "2 actively exploited" in preview
+    note = re.search(r'id="preview-deadline-note">([^<]+)<', preview).group(1)
+    assert note.startswith("deadline counted from iOS 18.1.1 (the newest release")
+    assert "deadline shortened: fixes 2 actively exploited vulnerabilities" in note
+
+    # Back to the anchored rule, bound: the results page carries the same explanation.
+    data["deadline_anchor"] = "first_missed"
+    assert manager.post(f"/patch-management/{policy_id}", dict(data, policy_id=str(policy_id))).status_code == 303
+    assert manager.post(f"/patch-management/{policy_id}/bindings", {"device_id": str(device_id)}).status_code in (302, 303)
+    results = manager.get(f"/patch-management/{policy_id}?tab=results").text
+    row = results.split("Alice")[1].split("</tr>")[0]
+    assert "deadline counted from iOS 18.1.1 (first release this device missed)" in row
+    assert "deadline shortened: fixes 2 actively exploited vulnerabilities" in row
