@@ -419,3 +419,6 @@ def test_the_form_sets_both_options_and_the_preview_and_results_explain_the_dead
     row = results.split("Alice")[1].split("</tr>")[0]
     assert "deadline counted from iOS 18.1.1 (first release this device missed)" in row
     assert "deadline shortened: fixes 2 actively exploited vulnerabilities" in row
+    device_page = manager.get(f"/devices/{device_id}").text
+    assert 'class="small muted deadline-note">deadline counted from iOS 18.1.1 (first release this device missed)' \
+        in device_page
