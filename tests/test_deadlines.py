@@ -422,3 +422,41 @@ def test_the_form_sets_both_options_and_the_preview_and_results_explain_the_dead
     device_page = manager.get(f"/devices/{device_id}").text
     assert 'class="small muted deadline-note">deadline counted from iOS 18.1.1 (first release this device missed)' \
         in device_page
+
+
+def test_api_and_cli_take_the_deadline_options_with_field_named_errors(app):
+    from mdm.accounts import Role
+    from test_ui_support import HTTPS, make_token
+    headers = {"Authorization": f"Bearer {make_token(app, 'mgr', Role.Manager)}"}
+    client = app.test_client()
+
+    def call(method, path, body=None):
+        return client.open("/api/v1" + path, method=method, json=body, headers=headers, base_url=HTTPS)
+
+    bad = call("POST", "/policies", {"name": "API", "deadline_anchor": "later"})
+    assert bad.status_code == 400 and bad.json["errors"][0]["field"] == "deadline_anchor"
+    made = call("POST", "/policies", {"name": "API", "enforce": True, "grace_days": 7, "local_time": "09:00",
+                                      "exploited_grace_days": 2})
+    assert made.status_code in (200, 201), made.json
+    policy = made.json.get("policy", made.json)
+    assert (policy["deadline_anchor"], policy["exploited_grace_days"]) == ("first_missed", 2)
+    changed = call("PATCH", f"/policies/{policy['id']}", {"deadline_anchor": "newest", "exploited_grace_days": None})
+    assert changed.status_code == 200, changed.json
+    changed = changed.json.get("policy", changed.json)
+    assert (changed["deadline_anchor"], changed["exploited_grace_days"]) == ("newest", None)
+    spec = call("GET", "/openapi.json").json
+    path = next(p for p in spec["paths"] if p.endswith("/policies"))
+    fields = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert fields["properties"]["deadline_anchor"]["enum"] == ["first_missed", "newest"]
+
+    runner = app.test_cli_runner()
+    out = runner.invoke(args=["mdm", "patch", "create", "--name", "CLI", "--enforce", "--grace-days", "10",
+                              "--local-time", "18:00", "--deadline-anchor", "newest", "--exploited-grace-days", "2",
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    created = json.loads(out.output)["policy"]
+    assert (created["deadline_anchor"], created["exploited_grace_days"]) == ("newest", 2)
+    out = runner.invoke(args=["mdm", "patch", "edit", "CLI", "--exploited-grace-days", "off", "--json"])
+    assert json.loads(out.output)["policy"]["exploited_grace_days"] is None
+    out = runner.invoke(args=["mdm", "patch", "edit", "CLI", "--exploited-grace-days", "11", "--json"])
+    assert out.exit_code == 1 and json.loads(out.output)["errors"][0]["field"] == "exploited_grace_days"
