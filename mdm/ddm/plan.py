@@ -4,6 +4,10 @@
 computes each distinct (model, OS version, policy) once, writes only rows that changed, and hands
 only the changed devices to ``mdm.ddm.sync.refresh_devices`` (the DDM protocol room).
 
+The deadline follows the policy's ``deadline_anchor`` and ``exploited_grace_days`` (``targets.plan_deadline``,
+with SOFA's CVE facts carried by the release index); the plan stores the anchor release and a sentence
+saying why the deadline falls where it does (``deadline_anchor_version``, ``deadline_note``).
+
 Conflicts: a direct device binding beats a group binding. Within the same kind the strictest
 policy wins: enforcement on before off, then the shortest deferral, then the shortest grace period,
 then the oldest policy. The losers are listed in ``PatchPlan.conflicts``.

@@ -15,6 +15,9 @@ the UI and the CLI read facts. States, first match wins:
   Overdue         the deadline passed in the device's time zone and the device is not on the target; with
                   the zone unknown, only once the deadline passed in every zone (deadline_utc stays None)
   Scheduled       target and deadline known, the declaration reported valid and active
+
+Each result also carries the plan's ``deadline_note`` ("deadline counted from iOS 18.1 (first release this
+device missed)", "deadline shortened: fixes 2 actively exploited vulnerabilities ...").
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from flask import current_app
 
 from ..extensions import db
 from ..models import audit, utcnow
-from .catalog import CatalogError, DATA_DIR, fetch_feed, load_feed_file
+from .catalog import DATA_DIR, CatalogError, fetch_feed, load_feed_file
+from .catalog import releases as catalog_releases
 from .models import SofaFeed
 from .targets import ReleaseSecurity, version_key
 
@@ -99,15 +101,21 @@ def parse_feed(data) -> tuple[dict[str, dict], dt.datetime | None]:
     return merged, _timestamp(data.get("LastCheck"))
 
 
+_STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})?$")
+
+
 def _timestamp(value) -> dt.datetime | None:
-    """SOFA's "2026-08-22T18:45:03.083466422+00:00" (nanoseconds) as naive UTC; None when unreadable."""
-    if not isinstance(value, str) or len(value) < 19:
+    """SOFA's "2026-08-22T18:45:03.083466422+00:00" (nanoseconds, which fromisoformat refuses) as naive
+    UTC; None when unreadable. No offset means UTC."""
+    match = _STAMP.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
         return None
+    offset = match.group(2) or "+00:00"
     try:
-        moment = dt.datetime.fromisoformat(value[:19])
+        moment = dt.datetime.fromisoformat(match.group(1) + ("+00:00" if offset == "Z" else offset))
     except ValueError:
         return None
-    return moment
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
 def security_from(releases: dict[str, dict]) -> dict[tuple[int, ...], ReleaseSecurity]:
@@ -281,8 +289,7 @@ def sofa_status(now: dt.datetime | None = None) -> dict:
 
 def releases_with_security(*, include_security_responses: bool = False, model: str | None = None) -> list[dict]:
     """Catalog rows, newest first, each with SOFA's CVE count and actively exploited CVEs (None when SOFA
-    does not describe the version). For the catalog page, ``flask mdm catalog list`` and the API."""
-    from .catalog import releases as catalog_releases
+    does not describe the version). For the catalog page and ``flask mdm catalog list``."""
     security = security_by_version()
     today = utcnow().date()
     rows = []
