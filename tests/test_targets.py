@@ -235,7 +235,10 @@ def test_recompute_follows_the_device_and_the_clock(ctx):
     # 09-23: the deferral of 17.7/18.0 has elapsed; the capped iPad moves to 17.7, the phone to 18.0.
     assert recompute(now=D(2024, 9, 23, 1)) == {phone.id, tablet.id}
     assert patch_plan_for_device(phone).target_version == "18.0"
-    assert patch_plan_for_device(phone).deadline_local == "2024-09-30T10:00:00"
+    # The deadline stays anchored on 17.6, the first release the phone (17.5.1) missed (grace from 09-20 noon, when
+    # the policy reached it): 18.0 does not restart the clock (test_deadlines.py has both anchor rules).
+    assert patch_plan_for_device(phone).deadline_local == "2024-09-28T10:00:00"
+    assert patch_plan_for_device(phone).deadline_anchor_version == "17.6"
     assert patch_plan_for_device(tablet).target_version == "17.7"
     # The phone installs 18.0: compliant, no target, no deadline.
     phone.os_version = "18.0"

@@ -34,6 +34,7 @@ EXPECTED = {
     "policies.load_defaults": M, "policies.bind_ring": M,
     "enrollment.index": R, "enrollment.create": M, "enrollment.revoke": M, "enrollment.qr": M,
     "settings.index": R, "settings.catalog_sync_status": R, "settings.push_csr": A, "settings.push_upload": A,
+    "settings.catalog_releases": R,
     "settings.catalog_sync": A, "settings.push_vendor_request": A, "settings.push_submit": A,
     "settings.push_decrypt": A, "settings.push_request_download": A,
     "admins.index": A, "admins.invite": A, "admins.change": A, "admins.tokens": A, "admins.create_token": A,

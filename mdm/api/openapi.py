@@ -24,6 +24,12 @@ POLICY_FIELDS = {
     "beta_programs": {"type": "array", "items": {"type": "array", "items": {"type": "string"},
                                                  "minItems": 2, "maxItems": 2}},
     "stay_on_major": {"type": "boolean"},
+    "deadline_anchor": {"enum": ["first_missed", "newest"],
+                        "description": "first_missed (default for new policies): the deadline counts from the "
+                                       "first release a device missed; newest: it restarts with each release"},
+    "exploited_grace_days": {"type": ["integer", "null"], "minimum": 0, "maximum": 365,
+                             "description": "Grace period (at most grace_days) when a missed release fixes an "
+                                            "actively exploited vulnerability (SOFA feed); null = off"},
 }
 TARGETS = {"type": "object", "properties": {
     "devices": {"type": "array", "items": {"type": ["integer", "string"]}, "description": "id, UDID or serial"},

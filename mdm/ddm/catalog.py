@@ -346,7 +346,8 @@ def catalog_status(now: dt.datetime | None = None) -> dict:
     now = now or utcnow()
     state = db.session.get(CatalogState, 1)
     rows = CatalogRelease.query.filter(CatalogRelease.kind == "os").all()
-    live = [r for r in rows if r.expiration_date is None or r.expiration_date >= now.date()]
+    # A release is expired on its ExpirationDate itself (targets.ModelRelease.expired).
+    live = [r for r in rows if r.expiration_date is None or r.expiration_date > now.date()]
     newest_expiry = max((r.expiration_date for r in rows if r.expiration_date), default=None)
     warnings = []
     if not rows:
@@ -418,7 +419,7 @@ def catalog_health(now: dt.datetime | None = None) -> CatalogHealth:
     state = db.session.get(CatalogState, 1)
     os_rows = db.select(CatalogRelease.expiration_date).where(CatalogRelease.kind == "os")
     expiries = list(db.session.scalars(os_rows))
-    unexpired = sum(1 for e in expiries if e is None or e >= now.date())
+    unexpired = sum(1 for e in expiries if e is None or e > now.date())
     newest_expiry = max((e for e in expiries if e), default=None)
     source = state.source if state else None
     loaded_at = state.last_success_at if state else None

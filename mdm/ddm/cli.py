@@ -1,4 +1,4 @@
-"""``flask mdm patch|groups|catalog|recompute``: the policy engine from a terminal or a script.
+"""``flask mdm patch|groups|catalog|recompute`` (``catalog sofa-sync``: the SOFA vulnerability feed): the policy engine from a terminal or a script.
 
 Every command takes ``--json`` (machine-readable output; errors as {"ok": false, "errors": [...]}).
 The CLI calls the same services and gets the same validation messages as the UI and the API.
@@ -13,7 +13,7 @@ import click
 
 from ..cli import mdm_cli
 from ..unit_of_work import edge
-from . import catalog, groups, policies, rings, spine
+from . import catalog, groups, policies, rings, sofa, spine
 from .policies import PolicyError
 from .results import results_for_policy
 
@@ -47,6 +47,8 @@ def _run(as_json: bool, func, *args, **kwargs):
         _fail(as_json, [{"field": e.field, "message": e.message} for e in exc.errors])
     except catalog.CatalogError as exc:
         _fail(as_json, [{"field": "catalog", "message": str(exc)}])
+    except sofa.SofaError as exc:
+        _fail(as_json, [{"field": "sofa", "message": str(exc)}])
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
@@ -82,6 +84,12 @@ def _setting_options(func):
         click.option("--no-beta-programs", is_flag=True, help="Remove every offered beta program."),
         click.option("--stay-on-major/--across-majors", default=None,
                      help="Stay within the device's current major version (default: newest across majors)."),
+        click.option("--deadline-anchor", type=click.Choice(["first_missed", "newest"]), default=None,
+                     help="Count the deadline from the first release a device missed (default for new policies), "
+                          "or from the newest (the clock restarts with each release)."),
+        click.option("--exploited-grace-days", metavar="DAYS|off",
+                     help="Shorter grace period when a missed release fixes an actively exploited "
+                          "vulnerability (SOFA); 'off' removes it."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -329,24 +337,34 @@ def catalog_sync(file_, url, as_json):
 def catalog_list(model, include_all, as_json):
     """List releases, newest first, with first posting and expiration dates."""
     catalog.ensure_catalog()
-    rows = [r for r in catalog.releases(include_security_responses=include_all)
-            if not model or model in (r.supported_devices or ())]
+    data = sofa.releases_with_security(include_security_responses=include_all, model=model)
     status = catalog.catalog_status()
-    data = [{"version": r.product_version, "build": r.build, "kind": r.kind,
-             "extra": r.product_version_extra, "first_posting_date": r.first_posting_date.isoformat(),
-             "posting_date": r.posting_date.isoformat(),
-             "expiration_date": r.expiration_date.isoformat() if r.expiration_date else None,
-             "sections": r.sections, "devices": len(r.supported_devices or ())} for r in rows]
+    status["sofa"] = sofa.sofa_status()
 
     def lines():
         yield f"source: {status['source']}  last success: {status['last_success_at']}"
-        for w in status["warnings"]:
+        for w in status["warnings"] + ([status["sofa"]["problem"]] if status["sofa"]["problem"] else []):
             yield f"warning: {w}"
         for d in data:
+            cves = "CVEs ?" if d["cves"] is None else f"{d['cves']} CVEs" + (
+                f", {len(d['exploited_cves'])} actively exploited" if d["exploited_cves"] else "")
             yield (f"{d['version'] + (' ' + d['extra'] if d['extra'] else ''):<12} {d['build']:<12} "
                    f"first posted {d['first_posting_date']}  expires {d['expiration_date']}  "
-                   f"{d['devices']:>3} devices")
+                   f"{d['devices']:>3} devices  {cves}")
     _emit(as_json, {"ok": True, "status": status, "releases": data}, lines)
+
+
+@catalog_cli.command("sofa-sync")
+@click.option("--file", "file_", type=click.Path(dir_okay=False), help="Load a saved SOFA v2 iOS feed.")
+@click.option("--url", help="Fetch from this URL instead of SOFA_URL.")
+@json_option
+def catalog_sofa_sync(file_, url, as_json):
+    """Refresh the SOFA vulnerability feed (CVEs per release); a failure keeps the feed in use."""
+    result = _run(as_json, sofa.sync_sofa, file=file_, url=url, actor=ACTOR)
+    status = sofa.sofa_status()
+    _emit(as_json, {"ok": True, "sync": result.as_dict(), "status": status},
+          [f"SOFA feed from {result.source}: {result.releases} releases"
+           + (" (changed; plans follow at the next recomputation)" if result.changed else " (unchanged)")])
 
 
 @mdm_cli.command("recompute")

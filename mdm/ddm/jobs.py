@@ -1,8 +1,8 @@
 """The DDM room's wiring: ``init_app(app)`` registers its scheduler jobs, signal receivers, CLI groups,
 the DeclarativeManagement check-in handler and the re-enrollment hook, and connects the spine's inbox.
 
-Jobs: catalog refresh (daily, and once shortly after start), full recomputation (hourly, so deferrals
-and deadlines move with the clock), a minute job draining the recompute queue, and the periodic
+Jobs: catalog refresh and SOFA vulnerability-feed refresh (daily, and once shortly after start), full
+recomputation (hourly, so deferrals and deadlines move with the clock), a minute job draining the recompute queue, and the periodic
 inventory (``inventory.py``: a daily DeviceInformation per device, for its time zone and OS). Each job is
 an edge: the scheduler commits after it. Receivers only record work (``queue_recompute``) inside the
 sender's transaction; after a request that queued something commits, the queue is drained through the
@@ -22,7 +22,7 @@ from ..extensions import db
 from ..scheduler import register_job
 from ..signals import (device_checked_out, device_enrolled, device_facts_changed, device_reenrolled,
                        group_membership_changed)
-from . import changes, spine
+from . import changes, sofa, spine
 from . import cli  # noqa: F401  (the room's CLI groups attach themselves to ``mdm_cli`` when imported)
 from .catalog import CatalogError, ensure_catalog, sync_catalog
 from .inventory import queue_inventory
@@ -43,6 +43,8 @@ def init_app(app) -> None:
     checkin.register_handler("DeclarativeManagement", declarative_management)
     register_job(refresh_catalog, "interval", hours=24,
                  next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30))
+    register_job(refresh_sofa, "interval", hours=24,
+                 next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=45))
     register_job(recompute_all, "interval", hours=1)
     register_job(drain_recompute_queue, "interval", minutes=1)
     register_job(refresh_inventory, "interval", hours=1)      # asks only devices whose answer is a day old
@@ -67,6 +69,10 @@ def refresh_catalog(app) -> None:
         sync_catalog()
     except CatalogError:
         ensure_catalog()     # offline first run: fall back to the packaged snapshot
+
+
+def refresh_sofa(app) -> None:
+    sofa.refresh_job()         # plans pick the new CVE facts up at the next hourly recomputation
 
 
 def recompute_all(app) -> None:

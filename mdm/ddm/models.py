@@ -45,6 +45,9 @@ class PatchPolicy(db.Model):
     beta_enrollment = db.Column(db.String(16), nullable=False, default="Allowed")
     beta_programs = db.Column(db.JSON, nullable=False, default=list)   # [[description, token], ...]
     stay_on_major = db.Column(db.Boolean, nullable=False, default=False)
+    # "first_missed" (new policies) or "newest"; rows from before anchoring were migrated to "newest".
+    deadline_anchor = db.Column(db.String(16), nullable=False, default="first_missed")
+    exploited_grace_days = db.Column(db.Integer)               # None = off
 
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow)
@@ -120,6 +123,20 @@ class CatalogState(db.Model):
     generation = db.Column(db.Integer, nullable=False, default=0)
 
 
+class SofaFeed(db.Model):
+    """A single row (id 1): the SOFA iOS feed in use (``sofa.py``), reduced to what the engine reads, and
+    how its last refresh went. No row (or no releases) means the packaged snapshot is in use."""
+    __tablename__ = "ddm_sofa_feed"
+    id = db.Column(db.Integer, primary_key=True)
+    source = db.Column(db.String(1024))
+    feed_checked_at = db.Column(db.DateTime)            # SOFA's own LastCheck (UTC)
+    releases = db.Column(db.JSON)                       # {"18.1.1": {"cves": 2, "exploited": [...], ...}}
+    last_attempt_at = db.Column(db.DateTime)
+    last_success_at = db.Column(db.DateTime)
+    last_error = db.Column(db.Text)
+    generation = db.Column(db.Integer, nullable=False, default=0)
+
+
 class DevicePatchTarget(db.Model):
     """The computed patch plan of one device: which policy won, the target and the deadline, or why none.
 
@@ -136,6 +153,8 @@ class DevicePatchTarget(db.Model):
     target_build = db.Column(db.String(32))
     deadline_local = db.Column(db.String(19))           # "yyyy-mm-ddThh:mm:ss", no offset
     deadline_utc = db.Column(db.DateTime)
+    deadline_anchor_version = db.Column(db.String(32))  # the release the deadline counts from
+    deadline_note = db.Column(db.String(512))           # "deadline counted from iOS 18.1 (first release ...)"
     reason = db.Column(db.String(255))
     compliant = db.Column(db.Boolean, nullable=False, default=False)
     conflicts = db.Column(db.JSON, nullable=False, default=list)

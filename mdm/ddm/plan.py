@@ -5,6 +5,10 @@
 OS version, policy) once, writes only rows that changed, and returns the changed devices; the spine
 hands them to the next stage (declaration sets). It flushes; the edge commits.
 
+The deadline follows the policy's ``deadline_anchor`` and ``exploited_grace_days`` (``targets.plan_deadline``,
+with SOFA's CVE facts carried by the release index); the plan stores the anchor release and a sentence
+saying why the deadline falls where it does (``deadline_anchor_version``, ``deadline_note``).
+
 Conflicts: a direct device binding beats a group binding. Within the same kind the strictest
 policy wins: enforcement on before off, then the shortest deferral, then the shortest grace period,
 then the oldest policy. The losers are listed in ``PatchPlan.conflicts``.
@@ -24,11 +28,11 @@ from sqlalchemy import Text, bindparam, delete, func, insert, select, type_coerc
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
 from ..unit_of_work import finish
-from . import catalog, changes
+from . import catalog, changes, sofa
 from .models import CatalogRelease, DevicePatchTarget, PatchPolicy, PolicyBinding, RecomputeRequest
 from .policies import PolicySettings, settings_of
-from .targets import (REASON_MODEL_UNKNOWN, ReleaseIndex, build_release_index, choose_target,
-                      deadline_instant_utc, enforcement_deadline)
+from .targets import REASON_MODEL_UNKNOWN, ReleaseIndex, build_release_index, choose_target, deadline_instant_utc, \
+    plan_deadline
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class PatchPlan:
     reason: str | None            # why no enforcement: "compliant", "model unknown", "no candidate release", ...
     compliant: bool
     conflicts: tuple[str, ...]
+    deadline_anchor_version: str | None = None   # the release the deadline counts from (targets.Deadline)
+    deadline_note: str | None = None             # "deadline counted from iOS 18.1 (first release ...)"
 
 
 def patch_plan_for_device(device) -> PatchPlan | None:
@@ -63,7 +69,8 @@ def patch_plan_for_device(device) -> PatchPlan | None:
                      settings=settings_of(policy), target_version=row.target_version,
                      target_build=row.target_build, deadline_local=row.deadline_local,
                      deadline_utc=row.deadline_utc, reason=row.reason, compliant=bool(row.compliant),
-                     conflicts=tuple(row.conflicts or ()))
+                     conflicts=tuple(row.conflicts or ()), deadline_anchor_version=row.deadline_anchor_version,
+                     deadline_note=row.deadline_note)
 
 
 def hypothetical_plan(device, settings: PolicySettings, *, policy_id: int | None = None,
@@ -86,16 +93,18 @@ def hypothetical_plan(device, settings: PolicySettings, *, policy_id: int | None
 
 # ---- the candidate index, cached per catalog generation --------------------------------------------
 
-_index_cache: dict[str, tuple[int, ReleaseIndex]] = {}
+_index_cache: dict[str, tuple[tuple[int, int], ReleaseIndex]] = {}
 
 
 def release_index() -> ReleaseIndex:
+    """Catalog releases per model, with SOFA's CVE facts per version (cached per generation of both)."""
     key = str(db.engine.url)
-    generation = catalog.generation()
+    generation = (catalog.generation(), sofa.generation())
     cached = _index_cache.get(key)
     if cached and cached[0] == generation:
         return cached[1]
-    index = build_release_index(CatalogRelease.query.filter(CatalogRelease.kind == "os").all())
+    index = build_release_index(CatalogRelease.query.filter(CatalogRelease.kind == "os").all(),
+                                sofa.security_by_version())
     _index_cache[key] = (generation, index)
     return index
 
@@ -120,7 +129,7 @@ def _strictness(policy: PatchPolicy) -> tuple:
 
 
 _FIELDS = ("policy_id", "binding", "target_version", "target_build", "deadline_local", "deadline_utc", "reason",
-           "compliant", "conflicts", "settings_digest", "applied_at")
+           "compliant", "conflicts", "settings_digest", "deadline_anchor_version", "deadline_note", "applied_at")
 _COMPARED = _FIELDS[:-1]
 
 
@@ -294,7 +303,8 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
         return cached
     s = settings[winner_id]
     model = index.model_for(su_device_id, product_name)
-    row = {"target_version": None, "target_build": None, "deadline_local": None, "deadline_utc": None}
+    row = {"target_version": None, "target_build": None, "deadline_local": None, "deadline_utc": None,
+           "deadline_anchor_version": None, "deadline_note": None}
     if model is None:
         row.update(compliant=False, reason=REASON_MODEL_UNKNOWN)
     else:
@@ -303,9 +313,13 @@ def _plan_row(device, winner_id, settings, index, cache, applied_at, now) -> dic
         row.update(compliant=choice.compliant, reason=choice.reason, target_version=choice.target_version,
                    target_build=choice.target_build)
         if choice.release is not None and s.enforce and s.local_time:
-            row["deadline_local"], _wall_time = enforcement_deadline(
-                choice.release, deferral_days=s.deferral_days, grace_days=s.grace_days, local_time=s.local_time,
-                applied_at=applied_at)
+            deadline = plan_deadline(
+                index.releases_for(model), os_version, choice.release, deferral_days=s.deferral_days,
+                grace_days=s.grace_days, local_time=s.local_time, applied_at=applied_at, now=now,
+                anchor_rule=s.deadline_anchor, exploited_grace_days=s.exploited_grace_days,
+                security=index.security, stay_on_major=s.stay_on_major)
+            row.update(deadline_local=deadline.local, deadline_anchor_version=deadline.anchor.version,
+                       deadline_note=deadline.note)
             row["deadline_utc"] = deadline_instant_utc(row["deadline_local"], time_zone)
     cache[key] = row
     return row

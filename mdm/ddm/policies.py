@@ -21,6 +21,7 @@ from ..models import Device, DeviceGroup, audit, audit_update, group_members, ut
 from ..unit_of_work import finish
 from . import changes
 from .models import DevicePatchTarget, PatchPolicy, PolicyBinding, PolicyGroup
+from .targets import ANCHOR_FIRST_MISSED, DEADLINE_ANCHORS
 
 DEFAULT_NAME = "iOS patch policy"
 MAX_DEFERRAL_DAYS = 90        # softwareupdate.settings.yaml: Deferrals.CombinedPeriodInDays range 1-90
@@ -44,10 +45,16 @@ FIELD_LABELS = {
     "rsr_offer": "Offer Rapid Security Responses", "rsr_rollback": "Allow rollback",
     "beta_enrollment": "Beta program enrollment", "beta_programs": "Offered beta programs",
     "stay_on_major": "Major upgrades",
+    "deadline_anchor": "Deadline counted from",
+    "exploited_grace_days": "Grace period for actively exploited vulnerabilities",
 }
 ACTION_LABELS = {"Allowed": "User Controlled", "AlwaysOn": "Always On", "AlwaysOff": "Always Off"}
 BETA_LABELS = {"Allowed": "User Allowed", "AlwaysOn": "Always On", "AlwaysOff": "Always Off"}
 CADENCE_LABELS = {"All": "All versions", "Oldest": "Oldest only", "Newest": "Newest only"}
+ANCHOR_LABELS = {"first_missed": "The first release the device missed",
+                 "newest": "The newest release (restarts with each release)"}
+_ANCHOR_ALIASES = {"firstmissed": "first_missed", "first": "first_missed", "anchored": "first_missed",
+                   "newest": "newest", "restart": "newest", "latest": "newest"}
 # Settings Apple defines for macOS only (softwareupdate.settings.yaml: AutomaticActions.InstallSecurityUpdate
 # has ``supportedOS: iOS: introduced: n/a``). An iOS policy may only leave them at Apple's default.
 MACOS_ONLY_SETTINGS = {"auto_install_security": "Allowed"}
@@ -81,6 +88,10 @@ class PolicySettings:
     beta_enrollment: str = "Allowed"
     beta_programs: tuple = ()              # ((description, token), ...)
     stay_on_major: bool = False
+    # targets.py: which release's deferral end starts the grace period. New policies anchor on the first
+    # release a device missed; policies created before anchoring existed were migrated to "newest".
+    deadline_anchor: str = ANCHOR_FIRST_MISSED
+    exploited_grace_days: int | None = None   # shorter grace when a missed release fixes an exploited CVE
 
     def to_dict(self, *, redact_tokens: bool = False) -> dict:
         data = asdict(self)
@@ -93,6 +104,7 @@ class PolicySettings:
 
 
 SETTING_FIELDS = tuple(f.name for f in fields(PolicySettings))
+OPTIONAL_FIELDS = ("local_time", "details_url", "exploited_grace_days")   # None is a value, not "unparsed"
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,8 @@ def label(field: str) -> str:
 def _choice_words(field: str, allowed) -> str:
     """"User Controlled, Always On or Always Off (Allowed, AlwaysOn, AlwaysOff)": the form's words, then the
     values the API and CLI take."""
-    words = {"cadence": CADENCE_LABELS, "beta_enrollment": BETA_LABELS}.get(field, ACTION_LABELS)
+    words = {"cadence": CADENCE_LABELS, "beta_enrollment": BETA_LABELS,
+             "deadline_anchor": ANCHOR_LABELS}.get(field, ACTION_LABELS)
     shown = [words.get(v, v) for v in allowed]
     return f"{', '.join(shown[:-1])} or {shown[-1]} ({', '.join(allowed)})"
 
@@ -227,6 +240,12 @@ def _parse_field(field: str, value, errors):
         return _as_choice(value, field, errors, ACTION_VALUES, _ALIASES)
     if field == "beta_programs":
         return _as_programs(value, errors)
+    if field == "deadline_anchor":
+        return _as_choice(value, field, errors, DEADLINE_ANCHORS, _ANCHOR_ALIASES)
+    if field == "exploited_grace_days":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none", "null")):
+            return None
+        return _as_int(value, field, errors)
     raise KeyError(field)
 
 
@@ -239,6 +258,10 @@ def check_rules(s: PolicySettings) -> list[FieldError]:
     if not 0 <= s.grace_days <= MAX_GRACE_DAYS:
         errors.append(FieldError("grace_days", f"Grace period must be between 0 and {MAX_GRACE_DAYS} days, "
                                                f"got {s.grace_days}"))
+    if s.exploited_grace_days is not None and not 0 <= s.exploited_grace_days <= s.grace_days:
+        errors.append(FieldError("exploited_grace_days", f"Grace period for actively exploited vulnerabilities must "
+                                                         f"be between 0 and the Grace period ({s.grace_days} days), "
+                                                         f"or off; got {s.exploited_grace_days}"))
     if s.local_time is not None and not _TIME.match(s.local_time):
         errors.append(FieldError("local_time", f"Local device time must be a 24-hour time HH:MM (e.g. 18:00), "
                                                f"got {s.local_time!r}"))
@@ -297,7 +320,7 @@ def validate_settings(data: Mapping, *, base: PolicySettings | None = None,
     for field in SETTING_FIELDS:
         if field in data:
             parsed = _parse_field(field, data[field], errors)
-            if parsed is not None or field in ("local_time", "details_url"):
+            if parsed is not None or field in OPTIONAL_FIELDS:
                 values[field] = parsed
     if "name" not in values or values["name"] is None:
         if "name" in data:

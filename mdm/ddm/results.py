@@ -15,6 +15,9 @@ the UI and the CLI read facts. States, first match wins:
   Overdue         the deadline passed in the device's time zone and the device is not on the target; with
                   the zone unknown, only once the deadline passed in every zone (deadline_utc stays None)
   Scheduled       target and deadline known, the declaration reported valid and active
+
+Each result also carries the plan's ``deadline_note`` ("deadline counted from iOS 18.1 (first release this
+device missed)", "deadline shortened: fixes 2 actively exploited vulnerabilities ...").
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ class DeviceResult:
     target_build: str | None = None
     deadline_local: str | None = None
     deadline_utc: datetime | None = None      # None when the device's time zone is unknown
+    deadline_note: str | None = None          # "deadline counted from iOS 18.1 (first release this device missed)"
     time_zone: str | None = None              # the device's IANA zone, None when unknown or invalid
     os_version: str | None = None
     build_version: str | None = None
@@ -188,7 +192,7 @@ def record_device_results(device, plan=_UNSET, declaration_set: DeclarationSet |
 
 def _upsert(row, device, plan, state, detail, now) -> PolicyResult:
     facts = dict(policy_name=plan.policy_name, target_version=plan.target_version, target_build=plan.target_build,
-                 deadline_local=plan.deadline_local, deadline_utc=plan.deadline_utc)
+                 deadline_local=plan.deadline_local, deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)
     if row is None:
         row = PolicyResult(policy_id=plan.policy_id, device_id=device.id, state=state, detail=detail,
                            state_since=now, updated_at=now, **facts)
@@ -262,7 +266,7 @@ def record_results_bulk(inputs, now: datetime) -> None:
                 detail += f" (won over: {', '.join(plan.conflicts)})"
             facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
                          target_build=plan.target_build, deadline_local=plan.deadline_local,
-                         deadline_utc=plan.deadline_utc)
+                         deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)
             row = rows.pop(plan.policy_id, None)
             if row is None:
                 inserts.append(dict(policy_id=plan.policy_id, device_id=device.id, state=state, detail=detail,
@@ -286,7 +290,7 @@ def record_results_bulk(inputs, now: datetime) -> None:
     if inserts:
         db.session.execute(insert(result_table), inserts)
     columns = ("state", "detail", "updated_at", "policy_name", "target_version", "target_build", "deadline_local",
-               "deadline_utc")
+               "deadline_utc", "deadline_note")
     for moved in (True, False):
         rows = [{k: v for k, v in u.items() if k != "b_moved"} for u in updates if u["b_moved"] is moved]
         if rows:
@@ -321,7 +325,8 @@ def _as_result(row: PolicyResult, device, status: DeviceStatus | None, with_hist
         policy_id=row.policy_id, policy_name=row.policy_name, device_id=device.id, udid=device.udid,
         device_name=device.device_name, state=row.state, detail=row.detail or "",
         target_version=row.target_version, target_build=row.target_build, deadline_local=row.deadline_local,
-        deadline_utc=row.deadline_utc, time_zone=_zone_name(device), os_version=device.os_version,
+        deadline_utc=row.deadline_utc, deadline_note=row.deadline_note, time_zone=_zone_name(device),
+        os_version=device.os_version,
         build_version=device.build_version,
         reported_at=status.last_report_at if status else None, state_since=row.state_since,
         updated_at=row.updated_at, reasons=codes, history=history)

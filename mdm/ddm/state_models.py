@@ -69,6 +69,7 @@ class PolicyResult(db.Model):
     target_build = db.Column(db.String(32))
     deadline_local = db.Column(db.String(19))
     deadline_utc = db.Column(db.DateTime)
+    deadline_note = db.Column(db.String(512))   # why the deadline falls there (the plan's, targets.Deadline.note)
     state_since = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 

@@ -302,7 +302,7 @@ class _RefreshRun:
             self._policies = {p.id: (p.name, settings_of(p)) for p in PatchPolicy.query}
         table = DevicePatchTarget.__table__
         fields = ("policy_id", "binding", "target_version", "target_build", "deadline_local", "deadline_utc",
-                  "reason", "compliant", "conflicts")
+                  "reason", "compliant", "deadline_anchor_version", "deadline_note", "conflicts")
         plans = {}
         for part in _parts(ids):
             query = select(table.c.device_id, *(table.c[f] for f in fields)).where(
@@ -319,7 +319,8 @@ class _RefreshRun:
                         policy_id=row["policy_id"], policy_name=policy[0], binding=row["binding"],
                         settings=policy[1], target_version=row["target_version"], target_build=row["target_build"],
                         deadline_local=row["deadline_local"], deadline_utc=row["deadline_utc"], reason=row["reason"],
-                        compliant=bool(row["compliant"]), conflicts=tuple(row["conflicts"] or ()))
+                        compliant=bool(row["compliant"]), conflicts=tuple(row["conflicts"] or ()),
+                        deadline_anchor_version=row["deadline_anchor_version"], deadline_note=row["deadline_note"])
                 plans[device_id] = plan
         return plans
 

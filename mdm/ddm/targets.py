@@ -2,9 +2,20 @@
 
 Candidates support the device's model, are not expired and are newer than what it runs. A candidate
 becomes visible once the deferral has elapsed since Apple first posted it. The target is the newest
-visible candidate (within the device's current major when the policy says so). The grace period
-counts from the later of the end of the deferral and the moment the policy was applied, and the
-deadline falls at the policy's device-local time.
+visible candidate (within the device's current major when the policy says so). A release is expired
+on its ExpirationDate itself: Apple only enforces what gdmf still lists.
+
+Deadlines (``plan_deadline``): the grace period counts from the later of the end of the deferral and the
+moment the policy was applied, and the deadline falls at the policy's device-local time. Which release's
+deferral end starts the clock is the policy's ``deadline_anchor``:
+  first_missed  the oldest visible candidate the device has not installed (the first release it missed),
+                so a stream of new releases cannot postpone the deadline forever; the target is still
+                the newest visible release;
+  newest        the target itself: the clock restarts with each release (the behaviour before anchoring).
+With ``exploited_grace_days`` set, a device whose missed releases (up to the target, whose install brings
+their fixes) fix an actively exploited CVE (SOFA, ``ReleaseSecurity``) gets that shorter grace period,
+counted by the same anchor rule among the releases that fix one. Releases SOFA does not describe get the
+normal grace: missing security data never blocks nor delays enforcement.
 
 Time zones: ``TargetLocalDateTime`` is wall time in the device's own zone (Apple's
 declarative/declarations/configurations/softwareupdate.enforcement.specific.yaml), so the deadline
@@ -64,16 +75,33 @@ class ModelRelease:
         return dt.datetime.combine(self.first_posted, dt.time()) + dt.timedelta(days=deferral_days)
 
     def expired(self, now: dt.datetime) -> bool:
-        # ExpirationDate is the last day Apple lists the release as signed.
-        return self.expires is not None and now.date() > self.expires
+        # Expired ON its ExpirationDate (not the day after): Apple only enforces what gdmf still lists.
+        return self.expires is not None and now.date() >= self.expires
+
+
+@dataclass(frozen=True)
+class ReleaseSecurity:
+    """What SOFA says one OS version fixes: its CVE count and the actively exploited CVEs among them."""
+    cve_count: int
+    exploited_cves: tuple[str, ...] = ()
+
+    @property
+    def exploited(self) -> bool:
+        return bool(self.exploited_cves)
 
 
 class ReleaseIndex:
-    """Per-model release lists, built once per recomputation from the catalog rows."""
+    """Per-model release lists, built once per recomputation from the catalog rows, plus the SOFA facts
+    per version (``security``, keyed by ``version_key``; empty when SOFA is missing)."""
 
-    def __init__(self, by_model: dict[str, list[ModelRelease]], total_rows: int):
+    def __init__(self, by_model: dict[str, list[ModelRelease]], total_rows: int,
+                 security: dict[tuple[int, ...], ReleaseSecurity] | None = None):
         self.by_model = by_model
         self.total_rows = total_rows
+        self.security = security or {}
+
+    def security_of(self, release: ModelRelease | None) -> ReleaseSecurity | None:
+        return self.security.get(release.key) if release is not None else None
 
     def __contains__(self, model) -> bool:
         return model in self.by_model
@@ -89,7 +117,7 @@ class ReleaseIndex:
         return None
 
 
-def build_release_index(rows: Iterable) -> ReleaseIndex:
+def build_release_index(rows: Iterable, security: dict | None = None) -> ReleaseIndex:
     """``rows``: CatalogRelease-like objects. Security responses are never patch targets (they need a
     prerequisite build and are not OS versions a declaration can name), so only kind "os" counts.
     Build twins ("6xxx") and re-released builds of one version merge into one ModelRelease."""
@@ -115,7 +143,7 @@ def build_release_index(rows: Iterable) -> ReleaseIndex:
                                                            slot["posted"], slot["expires"]))
     for releases in by_model.values():
         releases.sort(key=lambda r: r.key, reverse=True)
-    return ReleaseIndex(by_model, total)
+    return ReleaseIndex(by_model, total, security)
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,82 @@ def enforcement_deadline(release: ModelRelease, *, deferral_days: int, grace_day
     if deadline < earliest:
         deadline += dt.timedelta(days=1)
     return deadline.strftime(LOCAL_FORMAT), deadline
+
+
+ANCHOR_FIRST_MISSED = "first_missed"
+ANCHOR_NEWEST = "newest"
+DEADLINE_ANCHORS = (ANCHOR_FIRST_MISSED, ANCHOR_NEWEST)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """An enforcement deadline and why it falls where it does."""
+    local: str                          # TargetLocalDateTime, "yyyy-mm-ddThh:mm:ss" device wall time
+    wall: dt.datetime                   # the same wall time as a naive datetime
+    anchor: ModelRelease                # the release whose deferral end starts the grace period
+    anchor_rule: str                    # ANCHOR_FIRST_MISSED or ANCHOR_NEWEST
+    from_applied: bool                  # the policy reached the device later: the grace ran from then
+    shortened_by: tuple[str, ...] = ()  # actively exploited CVEs that shortened it (empty: normal grace)
+    urgent_from: ModelRelease | None = None   # when shortened: the release the shorter grace counts from
+    urgent_grace_days: int | None = None
+
+    @property
+    def note(self) -> str:
+        """"deadline counted from iOS 18.1 (first release this device missed)", plus why it is shorter."""
+        if self.anchor_rule == ANCHOR_NEWEST:
+            text = (f"deadline counted from iOS {self.anchor.version} (the newest release: the clock restarts "
+                    f"with each release)")
+        else:
+            text = f"deadline counted from iOS {self.anchor.version} (first release this device missed)"
+        if self.from_applied:
+            text += "; the grace period runs from when the policy reached the device"
+        if self.shortened_by:
+            n = len(self.shortened_by)
+            text += (f"; deadline shortened: fixes {n} actively exploited vulnerabilit{'y' if n == 1 else 'ies'} "
+                     f"({self.urgent_grace_days}-day grace from iOS {self.urgent_from.version})")
+        return text
+
+
+def missed_releases(releases: list[ModelRelease], installed_version: str | None, target: ModelRelease, *,
+                    deferral_days: int, stay_on_major: bool, now: dt.datetime) -> list[ModelRelease]:
+    """The candidates the device has not installed, visible now, up to and including ``target``: oldest
+    first (by first posting, then version). Same candidate rules as ``choose_target``."""
+    installed = version_key(installed_version)
+    missed = [r for r in releases
+              if not r.expired(now) and installed < r.key <= target.key
+              and (not stay_on_major or not installed or r.major == installed[0])
+              and now >= r.visible_at(deferral_days)]
+    if target not in missed:
+        missed.append(target)
+    return sorted(missed, key=lambda r: (r.first_posted, r.key))
+
+
+def plan_deadline(releases: list[ModelRelease], installed_version: str | None, target: ModelRelease, *,
+                  deferral_days: int, grace_days: int, local_time: str, applied_at: dt.datetime,
+                  now: dt.datetime, anchor_rule: str = ANCHOR_FIRST_MISSED,
+                  exploited_grace_days: int | None = None,
+                  security: dict[tuple[int, ...], ReleaseSecurity] | None = None,
+                  stay_on_major: bool = False) -> Deadline:
+    """The deadline for ``target`` on a device running ``installed_version`` (module docstring: anchors
+    and the exploited-vulnerability grace)."""
+    missed = missed_releases(releases, installed_version, target, deferral_days=deferral_days,
+                             stay_on_major=stay_on_major, now=now)
+    anchor = target if anchor_rule == ANCHOR_NEWEST else missed[0]
+    local, wall = enforcement_deadline(anchor, deferral_days=deferral_days, grace_days=grace_days,
+                                       local_time=local_time, applied_at=applied_at)
+    normal = Deadline(local, wall, anchor, anchor_rule, applied_at > anchor.visible_at(deferral_days))
+    if exploited_grace_days is None or not security:
+        return normal
+    urgent = [r for r in missed if r.key in security and security[r.key].exploited]
+    if not urgent:
+        return normal
+    cves = tuple(sorted({c for r in urgent for c in security[r.key].exploited_cves}))
+    urgent_anchor = target if anchor_rule == ANCHOR_NEWEST else urgent[0]
+    local, wall = enforcement_deadline(urgent_anchor, deferral_days=deferral_days, grace_days=exploited_grace_days,
+                                       local_time=local_time, applied_at=applied_at)
+    if wall >= normal.wall:
+        return normal
+    return Deadline(local, wall, anchor, anchor_rule, normal.from_applied, cves, urgent_anchor, exploited_grace_days)
 
 
 # Files in a tz database directory that are not zone names a device would report.

@@ -40,6 +40,7 @@ class ResultRow:
     reasons: list = field(default_factory=list)    # Apple's reason codes when Failed
     history: list = field(default_factory=list)    # newest first
     time_zone: str | None = None                   # the device's IANA zone, None when unknown
+    deadline_note: str | None = None               # "deadline counted from iOS 18.1 (first release ...)"
 
     @property
     def zone_unknown(self) -> bool:
@@ -123,4 +124,5 @@ def _row_from(r) -> ResultRow:
     return ResultRow(policy_id=get("policy_id"), policy_name=get("policy_name") or "", state=get("state") or "Unknown",
                      detail=get("detail"), target_version=get("target_version"), target_build=get("target_build"),
                      deadline_local=get("deadline_local"), deadline_utc=get("deadline_utc"),
-                     state_since=get("state_since"), updated_at=get("updated_at"), time_zone=get("time_zone"))
+                     state_since=get("state_since"), updated_at=get("updated_at"), time_zone=get("time_zone"),
+                     deadline_note=get("deadline_note"))

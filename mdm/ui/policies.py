@@ -17,8 +17,8 @@ from ..ddm.rings import get_ring, list_rings, load_default_rings
 from ..devices.query import DeviceFilters, device_page
 from ..extensions import db
 from ..models import Device, DeviceGroup
-from .policy_form import (ACTION_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS, MACOS_ONLY_SETTINGS,
-                          errors_by_field, form_to_data, platform_label)
+from .policy_form import (ACTION_CHOICES, ANCHOR_CHOICES, BETA_CHOICES, CADENCE_CHOICES, FIELD_LABELS,
+                          MACOS_ONLY_SETTINGS, errors_by_field, form_to_data, platform_label)
 from .policy_preview import preview_for
 from .policy_stats import compliance_by_policy, scope_by_policy
 from .responses import redirect_after_change
@@ -41,6 +41,7 @@ def _policy_or_404(policy_id: int):
 def _form_context(policy=None, settings=None, errors=None, **extra) -> dict:
     return {"policy": policy, "s": settings, "errors": errors or {}, "labels": FIELD_LABELS,
             "action_choices": ACTION_CHOICES, "beta_choices": BETA_CHOICES, "cadence_choices": CADENCE_CHOICES,
+            "anchor_choices": ANCHOR_CHOICES,
             "programs": [tuple(p) for p in (settings.beta_programs if settings else ())],
             "platform_label": platform_label(policy.platform if policy else "iOS"),
             "macos_only": MACOS_ONLY_SETTINGS,

@@ -10,20 +10,21 @@ row with both blank is ignored, a half-filled row is passed on for the service t
 """
 from __future__ import annotations
 
-from ..ddm.policies import ACTION_LABELS, BETA_LABELS, CADENCE_LABELS
+from ..ddm.policies import ACTION_LABELS, ANCHOR_LABELS, BETA_LABELS, CADENCE_LABELS
 from ..ddm.policies import FIELD_LABELS, MACOS_ONLY_SETTINGS  # noqa: F401  (re-exported for the form's views)
 
 # The dependent fields: only submitted (and shown) while enforcement is on; when it is off they keep
 # their stored values so switching enforcement back on restores them.
-ENFORCEMENT_FIELDS = ("grace_days", "local_time", "details_url")
+ENFORCEMENT_FIELDS = ("grace_days", "local_time", "details_url", "exploited_grace_days")
 CHECKBOXES = ("enforce", "rsr_offer", "rsr_rollback")
-RADIOS = ("notifications_all", "stay_on_major")
+RADIOS = ("notifications_all", "stay_on_major", "deadline_anchor")
 PLAIN = ("name", "deferral_days", "cadence", "auto_download", "auto_install_os", "auto_install_security",
          "beta_enrollment") + ENFORCEMENT_FIELDS
 
 ACTION_CHOICES = tuple(ACTION_LABELS.items())
 BETA_CHOICES = tuple(BETA_LABELS.items())
 CADENCE_CHOICES = tuple(CADENCE_LABELS.items())
+ANCHOR_CHOICES = tuple(ANCHOR_LABELS.items())
 # The platform a policy is for, as the UI names it: iPadOS is iOS to Apple's declarations.
 PLATFORM_LABELS = {"iOS": "iOS & iPadOS"}
 

@@ -1,5 +1,5 @@
-"""Settings: server URL, push certificate, CA, Apple release feed with "Sync now", and the
-recomputation schedule. Changes here are Administrator-only and audited (by the services they call).
+"""Settings: server URL, push certificate, CA, Apple release feed with "Sync now" (and the catalog's
+releases with their CVE counts from the SOFA feed), and the recomputation schedule. Changes here are Administrator-only and audited (by the services they call).
 
 The push certificate card walks through the four steps of ``mdm.pushcert`` in order: choose a route
 (own vendor .p12, or the configured CSR-signing service), get the request for Apple (downloaded, or
@@ -17,6 +17,7 @@ from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor
 from ..ddm.catalog import DEFAULT_URL, catalog_status, sync_catalog
+from ..ddm.sofa import releases_with_security, sofa_status
 from ..enroll.pki import get_pki
 from ..extensions import db
 from ..models import utcnow
@@ -84,13 +85,22 @@ def index(push_error: str | None = None, status_code: int = 200):
                            push_step=_push_step(push), signing_service=pushcert.signing_service_settings(),
                            apple_portal_url=APPLE_PORTAL_URL, apple_wwdr_url=APPLE_WWDR_URL,
                            apple_root_url=APPLE_ROOT_URL, push_error=push_error, ca=_ca_details(), catalog=_catalog_status(),
-                           sync=dict(_sync_state()), schedule=_schedule(),
+                           sync=dict(_sync_state()), schedule=_schedule(), sofa=sofa_status(),
                            feed_url=current_app.config.get("CATALOG_URL") or _default_feed_url(),
                            scheduler_enabled=current_app.config.get("SCHEDULER_ENABLED")), status_code
 
 
 def _default_feed_url() -> str:
     return DEFAULT_URL
+
+
+@bp.route("/catalog/releases")
+@requires(Role.ReadOnly)
+def catalog_releases():
+    """The release catalog, newest first, with each release's CVE count and actively exploited CVEs (SOFA)."""
+    model = (request.args.get("model") or "").strip() or None
+    return render_template("ui/catalog_releases.html", releases=releases_with_security(model=model),
+                           catalog=_catalog_status(), sofa=sofa_status(), model=model or "")
 
 
 @bp.route("/push/csr", methods=["POST"])

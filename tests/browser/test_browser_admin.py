@@ -93,6 +93,12 @@ def test_admin_journey_in_chromium(live_server, browser, tmp_path):
     page.check("#f-enforce")
     expect(page.locator("#f-grace_days")).to_be_visible()
     page.fill("#f-grace_days", "5")
+    # The exploited-vulnerability grace may not exceed the grace period: said in place, then fixed.
+    expect(page.locator("input[name=deadline_anchor][value=first_missed]")).to_be_checked()
+    page.fill("#f-exploited_grace_days", "9")
+    expect(page.locator("#err-exploited_grace_days")).to_contain_text("between 0 and the Grace period (5 days)")
+    page.fill("#f-exploited_grace_days", "2")
+    expect(page.locator("#err-exploited_grace_days")).to_be_empty()
     page.fill("#f-local_time", "18:30")
     page.fill("#f-details_url", "https://intranet.example.com/ios")
     page.select_option("#f-auto_download", "Allowed")
