@@ -152,3 +152,4 @@ class RecomputeRequest(db.Model):
 
 # Models are imported by create_app, so the room's scheduler jobs and signal receivers ride along here.
 from . import jobs  # noqa: E402,F401
+from . import enforcement_models  # noqa: E402,F401  (Software Update Enforcement policies)
