@@ -6,4 +6,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from . import devices, groups, openapi, policies  # noqa: E402,F401  (register the routes)
+from . import devices, enforcement, groups, openapi, policies  # noqa: E402,F401  (register the routes)

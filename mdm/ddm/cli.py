@@ -361,3 +361,6 @@ def recompute_command(devices, as_json):
         ids = [f.id for f in found]
     changed = recompute(ids)
     _emit(as_json, {"ok": True, "changed": sorted(changed)}, [f"{len(changed)} device(s) changed"])
+
+
+from . import enforcement_cli  # noqa: E402,F401  (flask mdm enforcement ...)

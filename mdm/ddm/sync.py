@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, insert, select, update
 from ..extensions import db
 from ..models import Command, Device, utcnow
 from . import declarations as decl
+from . import enforcement_scope
 from .state_models import DeclarationSet
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,31 @@ def plan_for(device):
 
 def compute_set(device) -> ComputedSet:
     """Everything this device should have: status subscriptions, the patch declarations its plan and
-    OS allow, and an activation referencing all configurations. Missing pieces become notes."""
+    OS allow, one enforcement declaration per Software Update Enforcement policy reaching it, and an
+    activation referencing all configurations. Missing pieces become notes."""
     notes: list[str] = []
     plan = None
     if device.runs_ios:
         plan, why = plan_for(device)
         if why:
             notes.append(why)
-    return build_set(device, plan, notes)
+    enforcements, why = enforcements_for([device.id])
+    if why:
+        notes.append(why)
+    return build_set(device, plan, notes, enforcements.get(device.id, ()))
 
 
-def build_set(device, plan, notes: list[str] | None = None) -> ComputedSet:
-    """The set for this device and this plan (pure: reads only the device's facts and the plan)."""
+def enforcements_for(device_ids) -> tuple[dict, str | None]:
+    """The enforcement policies reaching these devices, or ({}, why) when they cannot be had. Never raises."""
+    try:
+        return enforcement_scope.for_devices(device_ids), None
+    except Exception as exc:  # policy state must never break a device's sync
+        log.exception("enforcement policies for devices could not be read")
+        return {}, f"enforcement policies could not be read: {type(exc).__name__}"
+
+
+def build_set(device, plan, notes: list[str] | None = None, enforcements: tuple = ()) -> ComputedSet:
+    """The set for this device, its plan and its enforcement policies (pure: reads only its arguments)."""
     notes = list(notes or ())
     configurations = [decl.status_subscriptions(device)]
     if plan is not None:
@@ -81,6 +95,8 @@ def build_set(device, plan, notes: list[str] | None = None) -> ComputedSet:
             configurations.append(built)
         if plan.conflicts:
             notes.append("also reached by: " + ", ".join(plan.conflicts))
+    for spec in enforcements:
+        configurations.append(enforcement_scope.declaration(device, spec))
     items = []
     for built in configurations:
         notes.extend(built.notes)
@@ -170,13 +186,14 @@ def refresh_devices(device_ids: Iterable[int]) -> set[int]:
         chunk = ids[start:start + BULK_CHUNK]
         devices = run.devices(chunk)
         plans = run.plans(chunk)
+        enforcements, why = enforcements_for(chunk)
         stored = _stored_sets(chunk)
         profile_wanted: dict[int, int | None] = {}
         sync_wanted: dict[int, tuple[str, dt.datetime]] = {}
         set_inserts, set_updates, result_inputs = [], [], []
         for device in devices:
             plan = plans.get(device.id) if device.runs_ios else None
-            computed = run.computed_set(device, plan)
+            computed = run.computed_set(device, plan, enforcements.get(device.id, ()), why)
             old = stored.get(device.id)
             enrolled = device.enrollment_status == "enrolled"
             values: dict = {}
@@ -285,11 +302,12 @@ class _RefreshRun:
                 plans[device_id] = plan
         return plans
 
-    def computed_set(self, device: _DeviceFacts, plan) -> ComputedSet:
-        key = (device.facts_key(), id(plan))     # plans are shared objects, kept alive by self._plans
+    def computed_set(self, device: _DeviceFacts, plan, enforcements: tuple = (), why: str | None = None) -> ComputedSet:
+        # plans are shared objects, kept alive by self._plans; enforcements are hashable values
+        key = (device.facts_key(), id(plan), enforcements, why)
         computed = self._sets.get(key)
         if computed is None:
-            computed = self._sets[key] = build_set(device, plan)
+            computed = self._sets[key] = build_set(device, plan, [why] if why else [], enforcements)
         return computed
 
     def payload_template(self, request_type: str, **params) -> bytes:
