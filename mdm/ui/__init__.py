@@ -26,10 +26,10 @@ def init_ui(app) -> None:
     app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
     app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
 
-    from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
-                   static_files)
-    for module in (auth, static_files, dashboard, devices, groups, policies, enrollment, settings, admins,
-                   audit_log):
+    from . import (admins, audit_log, auth, dashboard, devices, enforcement, enrollment, groups, policies,
+                   settings, static_files)
+    for module in (auth, static_files, dashboard, devices, groups, policies, enforcement, enrollment, settings,
+                   admins, audit_log):
         app.register_blueprint(module.bp)
 
     from .templating import init_templating
