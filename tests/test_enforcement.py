@@ -326,3 +326,45 @@ def test_cli_create_bind_show_results_edit_unbind_delete(current, app):
     assert code == 0 and out["deleted"] == "CLI"
     text = runner.invoke(args=["mdm", "enforcement", "list"]).output
     assert "no enforcement policies" in text
+
+
+# ---- UI: roles, CSRF, errors placed at their field -------------------------------------------------------
+
+def test_ui_form_roles_csrf_and_field_errors(app):
+    # No app context around the requests: Flask-WTF keeps the CSRF token in ``g`` per app context.
+    from mdm.accounts import Role
+    from mdm.ddm.enforcement_models import EnforcementPolicy
+    from test_ui_support import add_devices, iphone, load_current_catalog, signed_in
+    with app.app_context():
+        load_current_catalog(app)
+    add_devices(app, [iphone("Phone", "SN-phone", "18.0")])
+    manager = signed_in(app, Role.Manager)
+    page = manager.get("/patch-management/enforcement/new")
+    assert page.status_code == 200 and 'list="catalog-versions"' in page.text and 'value="26.6.1"' in page.text
+    form = {"name": "UI", "target_version": "26.6.1", "target_build": "", "enforce_at": in_days(4),
+            "details_url": ""}
+    bad = manager.post("/patch-management/enforcement", {**form, "target_version": "99.1"})
+    assert bad.status_code == 422, bad.text
+    assert 'id="error-target_version"' in bad.text and "99.1" in bad.text
+    assert 'value="UI"' in bad.text                       # what was typed stays in the form
+    assert manager.post("/patch-management/enforcement", form).status_code == 303
+    with app.app_context():
+        policy_id = EnforcementPolicy.query.one().id
+    assert manager.post(f"/patch-management/enforcement/{policy_id}/bindings", {"device": "SN-phone"}).status_code == 303
+    detail = manager.get(f"/patch-management/enforcement/{policy_id}")
+    assert 'id="enforcement-results"' in detail.text and "sent: 26.6.1 by" in detail.text
+
+    reader = signed_in(app, Role.ReadOnly)
+    view = reader.get(f"/patch-management/enforcement/{policy_id}")
+    assert view.status_code == 200 and 'id="save-enforcement"' not in view.text
+    assert reader.post(f"/patch-management/enforcement/{policy_id}", form).status_code == 403
+    assert reader.post(f"/patch-management/enforcement/{policy_id}/delete").status_code == 403
+    refused = manager.post(f"/patch-management/enforcement/{policy_id}/delete", csrf=False)
+    assert refused.status_code == 400 and "CSRF" in refused.text
+    with app.app_context():
+        assert EnforcementPolicy.query.count() == 1
+        events = AuditEvent.query.filter(AuditEvent.action.like("enforcement_policy.%")).all()
+        assert {e.actor for e in events} == {"manager-user"}
+    assert manager.post(f"/patch-management/enforcement/{policy_id}/delete").status_code == 303
+    with app.app_context():
+        assert EnforcementPolicy.query.count() == 0
