@@ -228,6 +228,10 @@ def test_which_enforcement_wins_next_to_a_patch_policy(current):
     [result] = svc.results_for_policy(late)
     db.session.commit()
     assert result.effective.startswith("acts first on enforcement policy 'Soon'")
+    # The patch policy's own result says so too.
+    from mdm.ddm.results import results_for_policy as patch_results
+    [patch_result] = patch_results(patch.id)
+    assert f"enforcement policy #{soon.id} acts first: 26.6.1 by {in_days(2)}:00" in patch_result.detail
     # Move "Soon" past the patch deadline: the patch policy's enforcement now acts first.
     from mdm.ddm.plan import patch_plan_for_device
     patch_deadline = patch_plan_for_device(phone).deadline_local
@@ -235,6 +239,8 @@ def test_which_enforcement_wins_next_to_a_patch_policy(current):
     db.session.commit()
     [row] = svc.preview(soon)["devices"]
     assert row["acts_first"] == "patch policy 'Patch'" and patch_deadline in row["effective"]
+    [patch_result] = patch_results(patch.id)
+    assert "(acts first; then enforcement policy" in patch_result.detail
 
 
 def test_effective_order_is_earliest_deadline_then_highest_version():

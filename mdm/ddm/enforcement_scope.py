@@ -266,3 +266,20 @@ def which_wins(device, specs: Iterable[Enforcement], plan=None) -> str | None:
     first, *rest = order
     later = "; ".join(f"then {p.label} ({p.target_version} by {p.deadline_local})" for p in rest)
     return f"acts first on {first.label}: {first.target_version} by {first.deadline_local}; {later}"
+
+
+def served_order_note(declarations: list[dict], patch_policy_id: int) -> str | None:
+    """For a patch result: where the patch policy's enforcement stands among the enforcement declarations
+    the device is served (pure: reads only the served set). None when it holds no other enforcement."""
+    patch_identifier = decl.enforcement_identifier(patch_policy_id)
+    held = [Pending(d["Identifier"], d["Payload"]["TargetOSVersion"], d["Payload"]["TargetLocalDateTime"],
+                    "patch" if d["Identifier"] == patch_identifier else "enforcement", policy_id_of(d["Identifier"]) or 0)
+            for d in declarations or () if d.get("Type") == decl.TYPE_ENFORCEMENT]
+    if len(held) < 2 or not any(p.kind == "patch" for p in held):
+        return None
+    first, *rest = effective_order(held)
+    if first.kind == "patch":
+        others = ", ".join(f"enforcement policy #{p.policy_id} ({p.target_version} by {p.deadline_local})"
+                           for p in rest if p.kind == "enforcement")
+        return f"acts first; then {others}"
+    return f"enforcement policy #{first.policy_id} acts first: {first.target_version} by {first.deadline_local}"
