@@ -374,3 +374,23 @@ def test_ui_form_roles_csrf_and_field_errors(app):
     assert manager.post(f"/patch-management/enforcement/{policy_id}/delete").status_code == 303
     with app.app_context():
         assert EnforcementPolicy.query.count() == 0
+
+
+def test_a_version_leaving_the_catalog_leaves_the_devices(current):
+    """Apple: remove deployed configurations whose version gdmf no longer lists. The hourly job does it."""
+    from mdm.ddm import catalog
+    from mdm.ddm import enforcement as svc
+    from mdm.ddm.enforcement_jobs import refresh_enforcement_sets
+    from mdm.scheduler import _JOBS
+    assert any(func is refresh_enforcement_sets for func, *_ in _JOBS)
+    phone = add_device("phone", "iPhone15,2", "18.0")
+    policy = svc.create_policy({"name": "P", "target_version": "26.6.1", "enforce_at": in_days(9)})
+    svc.bind_policy(policy, devices=[phone.udid])
+    db.session.commit()
+    assert len(_enforcement_declarations(phone)) == 1
+    catalog.apply_feed(FEED_2024, "an older feed without 26.6.1")
+    db.session.commit()
+    assert refresh_enforcement_sets(None) == {phone.id}
+    assert _enforcement_declarations(phone) == []
+    [result] = svc.results_for_policy(policy)
+    assert result.state == "Not applicable" and "26.6.1 is not in Apple's catalog for iPhone15,2" in result.detail

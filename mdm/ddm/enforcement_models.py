@@ -67,3 +67,7 @@ class EnforcementResult(db.Model):
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
     __table_args__ = (UniqueConstraint("policy_id", "device_id", name="uq_ddm_enforcement_results_policy_device"),)
+
+
+# Imported with the models (create_app), like mdm/ddm/jobs.py: the catalog-driven refresh job.
+from . import enforcement_jobs  # noqa: E402,F401
