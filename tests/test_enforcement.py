@@ -280,6 +280,11 @@ def test_api_crud_bindings_results_and_roles(current, app):
     assert created.status_code == 201 and created.json["kind"] == "enforcement"
     pid = created.json["id"]
     assert manager("POST", "/enforcement-policies", body).status_code == 409      # same name
+    for hostile in ({"target_version": 26.6}, {"enforce_at": 20261224}, {"name": ["x"]}, {"details_url": {}}):
+        refused = manager("POST", "/enforcement-policies", {**body, "name": "Other", **hostile})
+        assert refused.status_code == 400 and refused.json["errors"][0]["field"] == next(iter(hostile))
+    assert manager("POST", "/enforcement-policies", ["not", "an", "object"]).status_code == 400
+    assert manager("PATCH", "/enforcement-policies/999", {"name": "x"}).status_code == 404
     bound = manager("POST", f"/enforcement-policies/{pid}/bindings", {"devices": [phone.udid]})
     assert bound.status_code == 200 and bound.json["created"] == 1 and bound.json["devices"] == 1
     listed = reader("GET", "/enforcement-policies").json["policies"]

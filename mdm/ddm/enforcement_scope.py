@@ -125,9 +125,13 @@ def reach(device_ids: Iterable[int] | None = None, policy_id: int | None = None)
                                         .where(DeviceGroup.id.in_(list(groups)))).all())
         members = select(group_members.c.device_id, group_members.c.group_id).where(
             group_members.c.group_id.in_(list(groups)))
-        for device_id, group_id in db.session.execute(members):
-            if wanted is not None and device_id not in wanted:
-                continue
+        if wanted is None:
+            rows = db.session.execute(members).all()
+        else:       # a device's sync reads its own memberships, not every member of a large group
+            ids = sorted(wanted)
+            rows = [r for start in range(0, len(ids), _CHUNK) for r in db.session.execute(
+                members.where(group_members.c.device_id.in_(ids[start:start + _CHUNK])))]
+        for device_id, group_id in rows:
             for pid in groups[group_id]:
                 seen = {p for p, _ in out.get(device_id, ())}
                 if pid not in seen:

@@ -96,7 +96,12 @@ def build_set(device, plan, notes: list[str] | None = None, enforcements: tuple 
         if plan.conflicts:
             notes.append("also reached by: " + ", ".join(plan.conflicts))
     for spec in enforcements:
-        configurations.append(enforcement_scope.declaration(device, spec))
+        try:
+            configurations.append(enforcement_scope.declaration(device, spec))
+        except Exception as exc:  # one bad policy still leaves the device a valid set
+            log.exception("enforcement policy %s for device %s failed", spec.policy_id, device.id)
+            configurations.append(decl.Built(None, [f"enforcement policy {spec.name!r}: could not be built "
+                                                    f"({type(exc).__name__})"]))
     items = []
     for built in configurations:
         notes.extend(built.notes)
