@@ -4,7 +4,7 @@ form (``mdm/ddm/enforcement.py``); errors are ``{"error": ..., "errors": [{"fiel
 Roles as for patch policies: ReadOnly reads, Manager changes. This module is an edge: it commits."""
 from __future__ import annotations
 
-from flask import jsonify, request
+from flask import jsonify
 
 from ..accounts import Role
 from ..accounts.access import api_error, requires

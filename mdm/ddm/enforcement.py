@@ -26,9 +26,13 @@ from ..extensions import db
 from ..models import Device, audit, audit_update, group_members, utcnow
 from . import catalog
 from . import enforcement_scope as scope
+from . import results as patch_results
 from .declarations import with_server_token
 from .enforcement_models import EnforcementBinding, EnforcementPolicy, EnforcementResult
 from .policies import FieldError, PolicyError, find_device, find_group
+from .state_models import DeclarationSet, DeviceStatus
+from .status import item
+from .sync import plan_for, refresh_devices
 from .targets import deadline_instant_utc, deadline_passed_everywhere, version_key, zone_named
 
 FIELDS = ("name", "target_version", "target_build", "enforce_at", "details_url")
@@ -214,7 +218,6 @@ def _refresh(device_ids: set[int]) -> set[int]:
     db.session.flush()
     if not device_ids:
         return set()
-    from .sync import refresh_devices
     return refresh_devices(device_ids)
 
 
@@ -382,8 +385,7 @@ class EnforcementDeviceResult:
 def evaluate(device, spec: scope.Enforcement, declarations: list[dict], status, now: dt.datetime,
              stale_after: dt.timedelta, delivery: str | None = None) -> tuple[str, str]:
     """(state, detail) of one enforcement policy on one device; the same states as patch results."""
-    from . import results as r
-    from .status import item
+    r = patch_results
     if not spec.applicable:
         return r.NOT_APPLICABLE, spec.reason or "not applicable"
     installed = version_key(device.os_version)
@@ -430,16 +432,13 @@ def evaluate(device, spec: scope.Enforcement, declarations: list[dict], status, 
 def results_for_policy(ref, *, now: dt.datetime | None = None) -> list[EnforcementDeviceResult]:
     """Every device the policy reaches, evaluated now and stored (state_since kept while the state holds).
     Flushes; the caller commits."""
-    from .results import _stale_after, delivery_notes
-    from .state_models import DeclarationSet, DeviceStatus
-    from .sync import plan_for
     policy = require_policy(ref)
     now = now or utcnow()
     ids = sorted(scope.devices_reached(policy.id))
     specs = scope.for_devices(ids, now)
     stored = {r.device_id: r for r in EnforcementResult.query.filter_by(policy_id=policy.id)}
-    deliveries = delivery_notes(ids)
-    stale_after = _stale_after()
+    deliveries = patch_results.delivery_notes(ids)
+    stale_after = patch_results._stale_after()
     out = []
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
@@ -478,7 +477,6 @@ def results_for_policy(ref, *, now: dt.datetime | None = None) -> list[Enforceme
 def preview(ref, *, now: dt.datetime | None = None) -> dict:
     """What the policy does to each device it reaches, without waiting for devices: whether the
     declaration is sent, why not, and which enforcement each device acts on first."""
-    from .sync import plan_for
     policy = require_policy(ref)
     now = now or utcnow()
     ids = sorted(scope.devices_reached(policy.id))

@@ -10,10 +10,12 @@ from flask import Blueprint, abort, flash, render_template, request, url_for
 from ..accounts import Role
 from ..accounts.access import requires
 from ..accounts.actor import current_actor, current_source
+from ..ddm import catalog
 from ..ddm import enforcement as service
 from ..ddm import enforcement_scope as scope
 from ..ddm.enforcement_models import EnforcementPolicy
 from ..ddm.policies import PolicyError
+from ..ddm.targets import version_key
 from ..extensions import db
 from ..models import DeviceGroup, utcnow
 from .responses import redirect_after_change
@@ -35,8 +37,6 @@ def _form_data() -> dict:
 def catalog_versions(device_ids) -> list[dict]:
     """The versions the catalog offers (unexpired) to the models in scope, or to any model without a scope:
     [{version, builds, models}] newest first, for the version picker."""
-    from ..ddm import catalog
-    from ..ddm.targets import version_key
     catalog.ensure_catalog()
     index = scope.release_index()
     models = set(service.models_in_scope(device_ids, index)) or set(index.by_model)
