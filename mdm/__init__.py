@@ -20,7 +20,7 @@ from .api import bp as api_bp
 from .cli import mdm_cli
 from .config import PROJECT_ROOT, load_config
 from .ddm import jobs as ddm_room
-from .ddm import models as ddm_models, state_models as ddm_state_models  # noqa: F401  (register tables)
+from .ddm import enforcement_models, models as ddm_models, state_models as ddm_state_models  # noqa: F401  (tables)
 from .enroll import cli as enroll_cli  # noqa: F401  (adds commands)
 from .enroll import scep
 from .enroll.views import bp as enroll_bp

@@ -47,6 +47,11 @@ EXPECTED = {
     "api.list_policies": R, "api.get_policy": R, "api.policy_results": R, "api.create_policy": M,
     "api.update_policy": M, "api.delete_policy": M, "api.bind_policy": M, "api.unbind_policy": M,
     "api.load_defaults": M,
+    "enforcement.index": R, "enforcement.edit": R, "enforcement.new": M, "enforcement.create": M,
+    "enforcement.update": M, "enforcement.delete": M, "enforcement.bind": M, "enforcement.unbind": M,
+    "api.list_enforcement_policies": R, "api.get_enforcement_policy": R, "api.enforcement_policy_results": R,
+    "api.enforcement_policy_preview": R, "api.create_enforcement_policy": M, "api.update_enforcement_policy": M,
+    "api.delete_enforcement_policy": M, "api.bind_enforcement_policy": M, "api.unbind_enforcement_policy": M,
 }
 ROLES = [R, H, M, A]
 

@@ -2,5 +2,5 @@
 tokens (``flask mdm api-token create --role ROLE`` or Administrators › API Tokens)."""
 from __future__ import annotations
 
-from . import devices, groups, openapi, policies  # noqa: F401  (register the routes)
+from . import devices, enforcement, groups, openapi, policies  # noqa: F401  (register the routes)
 from .blueprint import bp  # noqa: F401  (registered by the app factory)

@@ -31,6 +31,15 @@ POLICY_FIELDS = {
                              "description": "Grace period (at most grace_days) when a missed release fixes an "
                                             "actively exploited vulnerability (SOFA feed); null = off"},
 }
+ENFORCEMENT_FIELDS = {
+    "name": {"type": "string"},
+    "target_version": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+){0,2}$",
+                       "description": "listed in Apple's catalog for at least one model in scope"},
+    "target_build": {"type": ["string", "null"]},
+    "enforce_at": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}$",
+                   "description": "device-local date and time, in the future"},
+    "details_url": {"type": ["string", "null"], "pattern": "^https?://"},
+}
 TARGETS = {"type": "object", "properties": {
     "devices": {"type": "array", "items": {"type": ["integer", "string"]}, "description": "id, UDID or serial"},
     "groups": {"type": "array", "items": {"type": ["integer", "string"]}, "description": "id or name"}}}
@@ -40,6 +49,10 @@ BODIES = {
                                          "combinations are refused with the reason."},
     "api.update_policy": {"type": "object", "properties": POLICY_FIELDS},
     "api.bind_policy": TARGETS, "api.unbind_policy": TARGETS,
+    "api.create_enforcement_policy": {"type": "object", "properties": ENFORCEMENT_FIELDS,
+                                      "required": ["name", "target_version", "enforce_at"]},
+    "api.update_enforcement_policy": {"type": "object", "properties": ENFORCEMENT_FIELDS},
+    "api.bind_enforcement_policy": TARGETS, "api.unbind_enforcement_policy": TARGETS,
     "api.create_group": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
                                                                           "description": {"type": "string"}}},
     "api.update_group": {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}}},

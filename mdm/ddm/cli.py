@@ -381,3 +381,5 @@ def recompute_command(devices, as_json):
         ids = [f.id for f in found]
     changed = _run(as_json, spine.replan, ids)
     _emit(as_json, {"ok": True, "changed": sorted(changed)}, [f"{len(changed)} device(s) changed"])
+
+

@@ -22,8 +22,8 @@ from ..extensions import db
 from ..scheduler import register_job
 from ..signals import (device_checked_out, device_enrolled, device_facts_changed, device_reenrolled,
                        group_membership_changed)
-from . import changes, sofa, spine
-from . import cli  # noqa: F401  (the room's CLI groups attach themselves to ``mdm_cli`` when imported)
+from . import changes, enforcement_scope, sofa, spine
+from . import cli, enforcement_cli  # noqa: F401  (the room's CLI groups attach to ``mdm_cli`` when imported)
 from .catalog import CatalogError, ensure_catalog, sync_catalog
 from .inventory import queue_inventory
 from .plan import queue_recompute
@@ -48,6 +48,7 @@ def init_app(app) -> None:
     register_job(recompute_all, "interval", hours=1)
     register_job(drain_recompute_queue, "interval", minutes=1)
     register_job(refresh_inventory, "interval", hours=1)      # asks only devices whose answer is a day old
+    register_job(refresh_enforcement_sets, "interval", hours=1)
     for signal, receiver in ((device_facts_changed, _on_facts_changed), (device_enrolled, _on_enrolled),
                              (device_checked_out, _on_checked_out), (device_reenrolled, _on_reenrolled),
                              (group_membership_changed, _on_membership_changed)):
@@ -73,6 +74,15 @@ def refresh_catalog(app) -> None:
 
 def refresh_sofa(app) -> None:
     sofa.refresh_job()         # plans pick the new CVE facts up at the next hourly recomputation
+
+
+def refresh_enforcement_sets(app) -> set[int]:
+    """Whether a device may get an enforcement policy's declaration depends on Apple's catalog: a release
+    that expires or leaves gdmf must leave the devices too (Apple: "remove any deployed configurations that
+    use OS versions or builds that are no longer available"), and a release newly offered to a model lets
+    its devices in. A catalog refresh replans patch policies only, so this job rebuilds the sets of every
+    device an enforcement policy reaches, hourly; only sets that differ change (and sync)."""
+    return spine.refresh(set(enforcement_scope.reach()))
 
 
 def recompute_all(app) -> None:

@@ -32,6 +32,7 @@ from .. import push
 from ..extensions import db
 from ..models import Command, Device, PushRequest, utcnow
 from . import declarations as decl
+from .enforcement_scope import served_order_note
 from .policies import devices_reached
 from .sync import plan_for
 from .state_models import DeclarationSet, DeviceStatus, PolicyResult, PolicyResultChange
@@ -183,11 +184,18 @@ def record_device_results(device, plan=_UNSET, declaration_set: DeclarationSet |
         detail = evaluation.detail
         if plan.conflicts:
             detail += f" (won over: {', '.join(plan.conflicts)})"
+        detail += _enforcement_note(declaration_set.declarations if declaration_set else (), plan)
         kept.append(_upsert(rows.pop(plan.policy_id, None), device, plan, evaluation.state, detail, now))
     for gone in rows.values():
         _change(gone, "Removed", "the policy no longer reaches this device", now)
         db.session.delete(gone)
     return kept
+
+
+def _enforcement_note(declarations, plan) -> str:
+    """" (…)" when the device also holds Software Update Enforcement declarations: which acts first."""
+    note = served_order_note(declarations, plan.policy_id)
+    return f" ({note})" if note else ""
 
 
 def _upsert(row, device, plan, state, detail, now) -> PolicyResult:
@@ -264,6 +272,7 @@ def record_results_bulk(inputs, now: datetime) -> None:
             state, detail = evaluation.state, evaluation.detail
             if plan.conflicts:
                 detail += f" (won over: {', '.join(plan.conflicts)})"
+            detail += _enforcement_note(declarations, plan)
             facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
                          target_build=plan.target_build, deadline_local=plan.deadline_local,
                          deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)

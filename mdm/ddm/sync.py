@@ -30,6 +30,7 @@ from ..push import request_push
 from ..unit_of_work import finish
 from . import changes
 from . import declarations as decl
+from . import enforcement_scope
 from .models import DevicePatchTarget, PatchPolicy
 from .plan import PatchPlan, patch_plan_for_device
 from .policies import settings_of
@@ -69,18 +70,31 @@ def plan_for(device):
 
 def compute_set(device) -> ComputedSet:
     """Everything this device should have: status subscriptions, the patch declarations its plan and
-    OS allow, and an activation referencing all configurations. Missing pieces become notes."""
+    OS allow, one enforcement declaration per Software Update Enforcement policy reaching it, and an
+    activation referencing all configurations. Missing pieces become notes."""
     notes: list[str] = []
     plan = None
     if device.runs_ios:
         plan, why = plan_for(device)
         if why:
             notes.append(why)
-    return build_set(device, plan, notes)
+    enforcements, why = enforcements_for([device.id])
+    if why:
+        notes.append(why)
+    return build_set(device, plan, notes, enforcements.get(device.id, ()))
 
 
-def build_set(device, plan, notes: list[str] | None = None) -> ComputedSet:
-    """The set for this device and this plan (pure: reads only the device's facts and the plan)."""
+def enforcements_for(device_ids) -> tuple[dict, str | None]:
+    """The enforcement policies reaching these devices, or ({}, why) when they cannot be had. Never raises."""
+    try:
+        return enforcement_scope.for_devices(device_ids), None
+    except Exception as exc:  # policy state must never break a device's sync
+        log.exception("enforcement policies for devices could not be read")
+        return {}, f"enforcement policies could not be read: {type(exc).__name__}"
+
+
+def build_set(device, plan, notes: list[str] | None = None, enforcements: tuple = ()) -> ComputedSet:
+    """The set for this device, its plan and its enforcement policies (pure: reads only its arguments)."""
     notes = list(notes or ())
     configurations = [decl.status_subscriptions(device)]
     if plan is not None:
@@ -93,6 +107,13 @@ def build_set(device, plan, notes: list[str] | None = None) -> ComputedSet:
             configurations.append(built)
         if plan.conflicts:
             notes.append("also reached by: " + ", ".join(plan.conflicts))
+    for spec in enforcements:
+        try:
+            configurations.append(enforcement_scope.declaration(device, spec))
+        except Exception as exc:  # one bad policy still leaves the device a valid set
+            log.exception("enforcement policy %s for device %s failed", spec.policy_id, device.id)
+            configurations.append(decl.Built(None, [f"enforcement policy {spec.name!r}: could not be built "
+                                                    f"({type(exc).__name__})"]))
     items = []
     for built in configurations:
         notes.extend(built.notes)
@@ -198,11 +219,12 @@ def compute_sets(run: "_RefreshRun", chunk: list[int]) -> ChunkSets:
     plans and stored sets; sets are computed once per distinct (device facts, plan)."""
     devices = run.devices(chunk)
     plans = run.plans(chunk)
+    enforcements, why = enforcements_for(chunk)
     stored = _stored_sets(chunk)
     out = ChunkSets(device_ids=[d.id for d in devices])
     for device in devices:
         plan = plans.get(device.id) if device.runs_ios else None
-        computed = run.computed_set(device, plan)
+        computed = run.computed_set(device, plan, enforcements.get(device.id, ()), why)
         old = stored.get(device.id)
         enrolled = device.enrollment_status == "enrolled"
         values: dict = {}
@@ -324,11 +346,12 @@ class _RefreshRun:
                 plans[device_id] = plan
         return plans
 
-    def computed_set(self, device: _DeviceFacts, plan) -> ComputedSet:
-        key = (device.facts_key(), id(plan))     # plans are shared objects, kept alive by self._plans
+    def computed_set(self, device: _DeviceFacts, plan, enforcements: tuple = (), why: str | None = None) -> ComputedSet:
+        # plans are shared objects, kept alive by self._plans; enforcements are hashable values
+        key = (device.facts_key(), id(plan), enforcements, why)
         computed = self._sets.get(key)
         if computed is None:
-            computed = self._sets[key] = build_set(device, plan)
+            computed = self._sets[key] = build_set(device, plan, [why] if why else [], enforcements)
         return computed
 
     def payload_template(self, request_type: str, **params) -> bytes:

@@ -14,7 +14,7 @@ from flask import current_app
 from ..accounts import AdminUser, Role, create_admin, generate_password
 from ..extensions import db
 from ..models import audit
-from . import (admins, audit_log, auth, dashboard, devices, enrollment, groups, policies, settings,
+from . import (admins, audit_log, auth, dashboard, devices, enforcement, enrollment, groups, policies, settings,
                    static_files)
 from .error_pages import init_error_pages
 from .templating import init_templating
@@ -30,8 +30,8 @@ def init_ui(app) -> None:
     app.config.setdefault("REMEMBER_COOKIE_HTTPONLY", True)
     app.config.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
 
-    for module in (auth, static_files, dashboard, devices, groups, policies, enrollment, settings, admins,
-                   audit_log):
+    for module in (auth, static_files, dashboard, devices, groups, policies, enforcement, enrollment, settings,
+                   admins, audit_log):
         app.register_blueprint(module.bp)
 
     init_templating(app)
