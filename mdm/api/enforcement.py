@@ -13,7 +13,7 @@ from ..ddm import enforcement as service
 from ..ddm.enforcement_models import EnforcementPolicy
 from ..ddm.policies import PolicyError
 from ..extensions import db
-from . import bp
+from .blueprint import bp
 from .policies import _body, _policy_error, _targets
 
 
