@@ -1,7 +1,7 @@
 """Software Update Enforcement policies (one specific version by a set date), their bindings and results
 
 Revision ID: 9a0b1c2d0011
-Revises: 8a1d0e1c0001
+Revises: 9a0b1c2d0010
 Create Date: 2026-12-06 19:30:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '9a0b1c2d0011'
-down_revision = '8a1d0e1c0001'
+down_revision = '9a0b1c2d0010'
 branch_labels = None
 depends_on = None
 
