@@ -111,7 +111,9 @@ def test_an_expired_release_is_not_enforceable(feed2024):
     assert "for any iPhone or iPad model, or it has expired" in errors["target_version"]
     from mdm.ddm.enforcement_scope import availability, release_index
     assert "expired for iPhone15,2 on 2024-12-19" in availability(release_index(), "iPhone15,2", "18.0", None, later)
-    assert availability(release_index(), "iPhone15,2", "18.0", None, dt.datetime(2024, 12, 19, 23)) is None
+    # Expired ON its ExpirationDate (docs/patch-policies.md): the day before it is still enforceable.
+    assert availability(release_index(), "iPhone15,2", "18.0", None, dt.datetime(2024, 12, 18, 23)) is None
+    assert "expired" in availability(release_index(), "iPhone15,2", "18.0", None, dt.datetime(2024, 12, 19, 0, 1))
 
 
 # ---- the service, the declaration, the set token -----------------------------------------------------

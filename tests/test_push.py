@@ -281,14 +281,14 @@ def test_client_is_rebuilt_when_the_push_certificate_changes(ctx, apns, fake_app
     assert second.client_cert_sha256 == cert.fingerprint(hashes.SHA256()).hex() != placeholder_sha
 
 
-def test_gateway_names_and_scheduler_job():
+def test_gateway_names_and_scheduler_job(app):
     assert push.gateway_url({"APNS_GATEWAY": "production"}) == "https://api.push.apple.com"
     assert push.gateway_url({"APNS_GATEWAY": "sandbox"}) == "https://api.sandbox.push.apple.com"
     assert push.gateway_url({"APNS_GATEWAY": "https://apns.test:8443/"}) == "https://apns.test:8443"
     with pytest.raises(ValueError):
         push.gateway_url({"APNS_GATEWAY": "http://plain.example"})
-    from mdm.scheduler import _JOBS
-    assert (push.process_due_pushes, "interval", {"seconds": 30}) in _JOBS
+    from mdm.scheduler import registered_jobs
+    assert (push.process_due_pushes, "interval", {"seconds": 30}) in registered_jobs()   # push.init_app
 
 
 # ---------------------------------------------------------------- the push certificate
