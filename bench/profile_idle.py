@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the raw stats to FILE (pstats)")
     args = parser.parse_args()
 
     from sqlalchemy import event
@@ -84,6 +85,8 @@ def main() -> int:
                       "wall_ms_per_request": round(1000 * wall / args.requests, 3),
                       **{f"{k}_per_request": round(v / args.requests, 2) for k, v in counts.items()}}), flush=True)
     if profiler:
+        if args.dump:
+            profiler.dump_stats(args.dump)
         stats = pstats.Stats(profiler, stream=sys.stderr)
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)

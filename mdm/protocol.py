@@ -23,6 +23,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import certauth, checkin, queue
 from .checkin import ProtocolError, Reply
+from .ddm.protocol import READ_PATH_ENDPOINTS as serve_unchanged_endpoints
+from .ddm.protocol import serve_unchanged
 from .enroll.pki import get_pki
 from .extensions import db, read_only
 from .models import Device, audit, utcnow
@@ -52,7 +54,38 @@ def connect_endpoint():
 
 
 def _checkin(identity, message: dict, body: bytes) -> Reply:
+    reply = _declarative_management_read(identity, message)
+    if reply is not None:
+        return reply
     return checkin.handle(identity, message)
+
+
+def _declarative_management_read(identity, message: dict) -> Reply | None:
+    """The read path of DeclarativeManagement ``tokens`` and ``declaration-items``: the answer from the
+    stored set when giving it changes nothing (certificate bound to the device and not retired, last seen
+    under a minute ago, stored set current and recorded as served: ``ddm.protocol.serve_unchanged``), in a
+    read transaction of its own (no writer lock, nothing committed). None: take the write path
+    (``checkin.handle``), which validates, decides and stores everything again."""
+    if (message.get("MessageType") != "DeclarativeManagement"
+            or message.get("Endpoint") not in serve_unchanged_endpoints
+            or any(key in message for key in ("Topic", "Data", "UserID", "EnrollmentUserID", "UserShortName"))
+            or db.session().in_transaction()):
+        return None
+    try:
+        udid = checkin.message_udid(message)
+    except PlistError:
+        return None      # the write path refuses it with the reason
+    with read_only():
+        device_id = certauth.authorized_device_id(identity, udid)
+        if device_id is None:
+            return None
+        device = db.session.get(Device, device_id)
+        if device is None or Device.seen_is_due(device.last_seen_at, utcnow()):
+            return None
+        answer = serve_unchanged(device, message["Endpoint"])
+    if answer is None:
+        return None
+    return Reply(*answer)
 
 
 def _connect(identity, message: dict, body: bytes) -> Reply:

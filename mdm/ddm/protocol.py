@@ -6,6 +6,10 @@ tokens -> TokensResponse; declaration-items -> DeclarationItemsResponse; declara
 left out and the rest stored, mdm/ddm/status.py). Status refusals are audited (``ddm.status_refused``).
 declaration-items also records the identifiers it served (``served_identifiers``): the set the device
 holds, whose status it may still report after the set changes.
+``serve_unchanged`` is the read path of tokens and declaration-items: when serving would store nothing
+(the stored set equals the one computed now, notes included, and for declaration-items the served
+identifiers are already recorded) it answers from the stored set inside the caller's read transaction;
+otherwise it returns None and the caller takes the write path above, which decides again and stores.
 Policy state never causes a 4xx/5xx here: the set is computed without what cannot be computed.
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..extensions import db
 from ..models import audit
 from . import status as status_intake
 from . import sync
+from .state_models import DeclarationSet
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,28 @@ def _audit_status_refusal(device, code: int, reason: str) -> None:
     audit("ddm.status_refused", actor="device", object_type="device", object_id=device.udid,
           detail=f"{code}: {reason[:500]}")
     db.session.commit()
+
+
+READ_PATH_ENDPOINTS = ("tokens", "declaration-items")
+
+
+def serve_unchanged(device, endpoint: str) -> tuple[int, bytes, str] | None:
+    """The answer to ``tokens`` or ``declaration-items`` when giving it would change nothing stored; None
+    when something would change (or for any other endpoint). Reads only: the caller runs it in a read
+    transaction (``extensions.read_only``) and takes the write path on None."""
+    if endpoint not in READ_PATH_ENDPOINTS:
+        return None
+    row = db.session.get(DeclarationSet, device.id)
+    if row is None:
+        return None
+    computed = sync.compute_set(device)
+    if computed.token != row.declarations_token or computed.notes != row.notes:
+        return None
+    if endpoint == "tokens":
+        return _json({"SyncTokens": sync.sync_tokens(row)})
+    if row.served_identifiers != sorted(d["Identifier"] for d in row.declarations):
+        return None
+    return _json(sync.manifest(row))
 
 
 def handle_declarative_management(device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
