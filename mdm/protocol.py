@@ -79,10 +79,7 @@ def _declarative_management_read(identity, message: dict) -> Reply | None:
         device_id = certauth.authorized_device_id(identity, udid)
         if device_id is None:
             return None
-        device = db.session.get(Device, device_id)
-        if device is None or Device.seen_is_due(device.last_seen_at, utcnow()):
-            return None
-        answer = serve_unchanged(device, message["Endpoint"])
+        answer = serve_unchanged(device_id, udid, message["Endpoint"], utcnow())
     if answer is None:
         return None
     return Reply(*answer)
