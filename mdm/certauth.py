@@ -501,15 +501,16 @@ def _after_transaction(session, transaction) -> None:
                 _commits_in_flight -= 1
 
 
-def authorized_device_id(identity: Identity, udid: str) -> int | None:
+def authorized_device_id(identity: Identity, udid: str, connection=None) -> int | None:
     """The id of the device with ``udid`` when this certificate is bound to it and not retired; None when
     anything else is true or unknown (then call ``authorize``, which decides and explains). Never writes:
-    the read path of a check-in that changes nothing. Cached per certificate (see above)."""
+    the read path of a check-in that changes nothing. Cached per certificate (see above). Reads through
+    ``connection`` (a Core connection in a read transaction) when given, else the session."""
     entry = None if _commits_in_flight else _auth_cache.get(identity.sha256)
     if entry is not None and entry[2] > time.monotonic():
         return entry[0] if entry[1] == udid else None
     generation = _cache_generation
-    row = db.session.execute(_BOUND_TO, {"sha256": identity.sha256}).one_or_none()
+    row = (connection or db.session).execute(_BOUND_TO, {"sha256": identity.sha256}).one_or_none()
     if row is None or row.retired_at is not None:
         return None
     # Bound (only ever to a certificate our SCEP service issued: binding requires its record).

@@ -15,6 +15,7 @@ announced by Content-Length or sent chunked.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from flask import Blueprint, Response, current_app, request
@@ -75,11 +76,11 @@ def _declarative_management_read(identity, message: dict) -> Reply | None:
         udid = checkin.message_udid(message)
     except PlistError:
         return None      # the write path refuses it with the reason
-    with read_only():
-        device_id = certauth.authorized_device_id(identity, udid)
+    with _read_connection() as connection:
+        device_id = certauth.authorized_device_id(identity, udid, connection)
         if device_id is None:
             return None
-        answer = serve_unchanged(device_id, udid, message["Endpoint"], utcnow())
+        answer = serve_unchanged(device_id, udid, message["Endpoint"], utcnow(), connection)
     if answer is None:
         return None
     return Reply(*answer)
@@ -111,16 +112,25 @@ def _idle_changes_nothing(identity, udid: str, message: dict) -> bool:
     decides everything again under the write transaction (and refuses, delivers or records)."""
     if db.session().in_transaction():
         return False
-    with read_only():
-        device_id = certauth.authorized_device_id(identity, udid)
+    with _read_connection() as connection:
+        device_id = certauth.authorized_device_id(identity, udid, connection)
         if device_id is None:
             return False
-        facts = queue.idle_facts(device_id, udid)
+        facts = queue.idle_facts(device_id, udid, connection)
     if facts is None:
         return False
     if _is_user_channel(message):
         return True      # the write path answers it with nothing and writes nothing either
     return not facts.waiting and not Device.seen_is_due(facts.last_seen_at, utcnow())
+
+
+@contextlib.contextmanager
+def _read_connection():
+    """A Core connection in a read transaction of its own (``extensions.read_only``: on SQLite a deferred
+    BEGIN without the writer lock), rolled back and returned to the pool on exit. The read paths use it
+    instead of the ORM session: the same statements without the session's bookkeeping (~15 % of an Idle)."""
+    with read_only(), db.engine.connect() as connection:
+        yield connection
 
 
 def _is_user_channel(message: dict) -> bool:

@@ -73,15 +73,16 @@ _SET_CACHE_SIZE = 4096
 _set_cache: dict[tuple, tuple[str, list[str]]] = {}
 
 
-def serve_unchanged(device_id: int, udid: str, endpoint: str, now) -> tuple[int, bytes, str] | None:
+def serve_unchanged(device_id: int, udid: str, endpoint: str, now, connection=None) -> tuple[int, bytes, str] | None:
     """The answer to ``tokens`` or ``declaration-items`` when giving it would store nothing: the device was
     seen under a minute ago, its stored set equals the one computed now (token and notes) and, for
     declaration-items, the served identifiers are already recorded. None when anything would be stored
-    (or for another endpoint, or an unknown device): then take the write path. Reads only, one statement;
-    the caller runs it in a read transaction (``extensions.read_only``)."""
+    (or for another endpoint, or an unknown device): then take the write path. Reads only, one statement
+    (through ``connection``, a Core connection in a read transaction, when given; else the session, which
+    the caller runs in ``extensions.read_only``)."""
     if endpoint not in READ_PATH_ENDPOINTS:
         return None
-    row = db.session.execute(_READ, {"device_id": device_id, "udid": udid}).mappings().one_or_none()
+    row = (connection or db.session).execute(_READ, {"device_id": device_id, "udid": udid}).mappings().one_or_none()
     if row is None or Device.seen_is_due(row["last_seen_at"], now):
         return None
     device = sync._DeviceFacts(tuple(row[c.name] for c in _FACTS))
