@@ -4,6 +4,9 @@ Two ways in, like NanoMDM's certauth:
 - the ``Mdm-Signature`` header (the enrollment profile sets SignMessage): a base64 CMS SignedData,
   detached, over the exact request body, signed by the device identity our SCEP CA issued;
 - optionally, a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
+The signature's usual shape (DER, one signer by issuer and serial, signed attributes) is read by a strict
+DER walk of only what verification needs (``_fast_signed``); any other shape by asn1crypto. Same checks,
+same refusals either way (tests/test_certauth_fast_path.py compares the two).
 
 Then the binding (``DeviceCertificate``, by SHA-256 fingerprint). A certificate becomes a device's identity
 in exactly two ways:
