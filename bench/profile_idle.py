@@ -1,7 +1,8 @@
 """In-process profile of one signed ``Idle`` with an empty queue: the Flask app through its test client
 (no TLS, no HTTP server), so the figure is the application's own CPU per request.
 
-    .venv/bin/python bench/profile_idle.py [--requests 2000] [--profile] [--top 25]
+    .venv/bin/python bench/profile_idle.py [--requests 2000] [--profile] [--top 25] [--dump FILE]
+                                           [--mix idle|tokens|declaration-items]
 
 One simulated device identity (issued by the app's CA and recorded as SCEP would), Authenticate +
 TokenUpdate, its enrollment commands answered; then the same pre-signed Idle body is replayed
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # the test helpers: a device identity and real CMS signatures
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main() -> int:
@@ -31,6 +33,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--mix", choices=("idle", "tokens", "declaration-items"), default="idle",
+                        help="idle (default), or the DeclarativeManagement tokens / declaration-items check-in "
+                             "with the General Adoption ring bound to the device (a real declaration set)")
+    parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the raw stats to FILE (pstats)")
     args = parser.parse_args()
 
     from sqlalchemy import event
@@ -50,7 +56,13 @@ def main() -> int:
     while response.data:   # answer the enrollment commands until the queue is empty
         uuid = plistlib.loads(response.data)["CommandUUID"]
         response = ident.connect(client, "Acknowledged", CommandUUID=uuid)
+    path = "/mdm/connect"
     body = plistlib.dumps({"UDID": ident.udid, "Status": "Idle"}, fmt=plistlib.FMT_XML)
+    if args.mix != "idle":
+        bind_ring(app, ident.udid)
+        path = "/mdm/checkin"
+        body = plistlib.dumps({"MessageType": "DeclarativeManagement", "UDID": ident.udid,
+                               "Endpoint": args.mix}, fmt=plistlib.FMT_XML)
     headers = {"Mdm-Signature": ident.sign(body), "Content-Type": "application/x-apple-aspen-mdm-checkin"}
 
     counts = {"statements": 0, "begins": 0, "commits": 0}
@@ -66,7 +78,7 @@ def main() -> int:
     event.listen(engine, "commit", count("commits"))
 
     for _ in range(50):   # warm-up: caches, the connection pool
-        assert client.put("/mdm/connect", data=body, headers=headers).status_code == 200
+        assert client.put(path, data=body, headers=headers).status_code == 200
     for key in counts:
         counts[key] = 0
     profiler = cProfile.Profile() if args.profile else None
@@ -74,20 +86,44 @@ def main() -> int:
     if profiler:
         profiler.enable()
     for _ in range(args.requests):
-        response = client.put("/mdm/connect", data=body, headers=headers)
-        assert response.status_code == 200 and not response.data, response.data
+        response = client.put(path, data=body, headers=headers)
+        assert response.status_code == 200 and (args.mix != "idle" or not response.data), response.data
     if profiler:
         profiler.disable()
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
-    print(json.dumps({"bench": "profile-idle", "requests": args.requests,
+    print(json.dumps({"bench": f"profile-{args.mix}", "requests": args.requests,
                       "cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
                       "wall_ms_per_request": round(1000 * wall / args.requests, 3),
                       **{f"{k}_per_request": round(v / args.requests, 2) for k, v in counts.items()}}), flush=True)
     if profiler:
+        if args.dump:
+            profiler.dump_stats(args.dump)
         stats = pstats.Stats(profiler, stream=sys.stderr)
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)
     return 0
+
+
+def bind_ring(app, udid: str) -> None:
+    """The real feed and the default rings; the device in the General Adoption ring's group."""
+    from _instance import FEED
+    from mdm.ddm import catalog, rings
+    from mdm.ddm.groups import add_devices, create_group
+    from mdm.ddm.plan import recompute
+    from mdm.ddm.policies import bind_policy
+    from mdm.extensions import db
+    from mdm.models import Device
+    with app.app_context():
+        catalog.apply_feed(catalog.load_feed_file(FEED), str(FEED))
+        groups = []
+        for ring in rings.load_default_rings():
+            group = create_group(f"{ring.ring} devices")
+            bind_policy(ring.policy_id, groups=[group.id])
+            groups.append(group)
+        add_devices(groups[-1], [Device.query.filter_by(udid=udid).one().id])
+        db.session.commit()
+        recompute()
+        db.session.commit()
 
 
 if __name__ == "__main__":

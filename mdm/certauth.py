@@ -4,6 +4,9 @@ Two ways in, like NanoMDM's certauth:
 - the ``Mdm-Signature`` header (the enrollment profile sets SignMessage): a base64 CMS SignedData,
   detached, over the exact request body, signed by the device identity our SCEP CA issued;
 - optionally, a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
+The signature's usual shape (DER, one signer by issuer and serial, signed attributes) is read by a strict
+DER walk of only what verification needs (``_fast_signed``); any other shape by asn1crypto. Same checks,
+same refusals either way (tests/test_certauth_fast_path.py compares the two).
 
 Then the binding (``DeviceCertificate``, by SHA-256 fingerprint). A certificate becomes a device's identity
 in exactly two ways:
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-from asn1crypto import cms, core
+from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -100,6 +103,27 @@ def verify_mdm_signature(header_value: str | None, body: bytes, ca_cert: x509.Ce
         der = base64.b64decode("".join(header_value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise AuthError("Mdm-Signature is not base64") from None
+    fast = _fast_signed(der)
+    if fast is not None:
+        check_issued_by_ca(fast.cert, ca_cert, now)
+        if fast.signed_bytes is not None:
+            _check_attribute_values(fast.message_digests, fast.content_types, _OID_DATA, fast.digest_name, body)
+        _verify_raw_signature(fast.cert, fast.signature_algorithm, fast.signature,
+                              fast.signed_bytes if fast.signed_bytes is not None else body, fast.digest_name)
+        return fast.cert
+    try:
+        return _verify_general(der, body, ca_cert, now)
+    except AuthError:
+        raise
+    except (ValueError, TypeError, KeyError):
+        # asn1crypto parses lazily: a malformed part the structural parse did not reach (a signed
+        # attribute, a name compared later) fails on first use. Before this was caught here, such input
+        # escaped as a generic error (400 "could not process the message", no device.auth_failed audit).
+        raise AuthError("Mdm-Signature is not a CMS structure") from None
+
+
+def _verify_general(der: bytes, body: bytes, ca_cert: x509.Certificate, now: datetime | None) -> x509.Certificate:
+    """Any BER/DER SignedData shape, through asn1crypto (the fast path hands over what it does not know)."""
     signed_data = _parse_signed_data(der)
     signer_info = _single_signer(signed_data)
     cert = _signer_certificate(signed_data, signer_info)
@@ -185,7 +209,10 @@ _cache_lock = threading.Lock()
 def _load_certificate(der: bytes) -> x509.Certificate:
     cert = _cert_cache.get(der)
     if cert is None:
-        cert = x509.load_der_x509_certificate(der)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except Exception as exc:    # cryptography also raises InvalidVersion, not a ValueError
+            raise ValueError(f"not a certificate: {exc}") from None
         with _cache_lock:
             if len(_cert_cache) >= _CERT_CACHE_SIZE:
                 _cert_cache.clear()
@@ -233,23 +260,28 @@ def _verify_signer_info(signer_info, cert: x509.Certificate, body: bytes) -> Non
         signed_bytes = b"\x31" + signed_attrs.dump()[1:]
     else:
         signed_bytes = body
-    _verify_raw_signature(cert, signer_info["signature_algorithm"], signature, signed_bytes, digest_name)
+    _verify_raw_signature(cert, signer_info["signature_algorithm"]["algorithm"].native, signature, signed_bytes,
+                          digest_name)
 
 
 def _check_signed_attributes(signed_attrs, digest_name: str, body: bytes) -> None:
     digests = [a["values"][0].native for a in signed_attrs if a["type"].native == "message_digest"]
+    content_types = [a["values"][0].native for a in signed_attrs if a["type"].native == "content_type"]
+    _check_attribute_values(digests, content_types, "data", digest_name, body)
+
+
+def _check_attribute_values(digests: list, content_types: list, data, digest_name: str, body: bytes) -> None:
+    """Exactly one messageDigest, equal to the body's digest; content type, when given, is ``data``."""
     if len(digests) != 1:
         raise AuthError("signed attributes must carry exactly one messageDigest")
-    content_types = [a["values"][0].native for a in signed_attrs if a["type"].native == "content_type"]
-    if content_types and content_types != ["data"]:
+    if content_types and content_types != [data]:
         raise AuthError("signed content type is not data")
     actual = _HASHLIB[digest_name](body).digest()
     if not hmac.compare_digest(digests[0], actual):
         raise AuthError("Mdm-Signature does not match the request body")
 
 
-def _verify_raw_signature(cert, algorithm, signature: bytes, data: bytes, digest_name: str) -> None:
-    algo = algorithm["algorithm"].native
+def _verify_raw_signature(cert, algo: str, signature: bytes, data: bytes, digest_name: str) -> None:
     public_key = cert.public_key()
     hash_algorithm = _DIGESTS[digest_name]()
     try:
@@ -472,15 +504,16 @@ def _after_transaction(session, transaction) -> None:
                 _commits_in_flight -= 1
 
 
-def authorized_device_id(identity: Identity, udid: str) -> int | None:
+def authorized_device_id(identity: Identity, udid: str, connection=None) -> int | None:
     """The id of the device with ``udid`` when this certificate is bound to it and not retired; None when
     anything else is true or unknown (then call ``authorize``, which decides and explains). Never writes:
-    the read path of a check-in that changes nothing. Cached per certificate (see above)."""
+    the read path of a check-in that changes nothing. Cached per certificate (see above). Reads through
+    ``connection`` (a Core connection in a read transaction) when given, else the session."""
     entry = None if _commits_in_flight else _auth_cache.get(identity.sha256)
     if entry is not None and entry[2] > time.monotonic():
         return entry[0] if entry[1] == udid else None
     generation = _cache_generation
-    row = db.session.execute(_BOUND_TO, {"sha256": identity.sha256}).one_or_none()
+    row = (connection or db.session).execute(_BOUND_TO, {"sha256": identity.sha256}).one_or_none()
     if row is None or row.retired_at is not None:
         return None
     # Bound (only ever to a certificate our SCEP service issued: binding requires its record).
@@ -515,3 +548,214 @@ def bind_new_enrollment(identity: Identity, device: Device) -> list[str]:
     if retired:
         forget(*retired)
     return retired
+
+
+# --- the fast path: a strict DER walk of only what verification needs ------------------------------------
+#
+# Devices send the same shape every time: DER ContentInfo / SignedData, one SignerInfo identified by
+# issuer and serial number, signed attributes, the identity certificate (sometimes its chain). Walking
+# that with a few dozen byte slices costs a tenth of asn1crypto's object tree. Every TLV's length is
+# checked against its parent (no trailing bytes, no overruns), constructed parts that are not
+# interpreted are still walked to the end, certificates are parsed by ``cryptography`` (cached by
+# their bytes). Anything else (BER indefinite lengths, an unknown algorithm, a subject key identifier,
+# several signers, embedded content, a name that only matches after RFC 5280 comparison, ...) returns
+# None and the asn1crypto path above decides, with its refusals and messages. The fast path therefore
+# accepts a signature only when that path would too, and refuses with the same messages.
+
+class _Unusual(Exception):
+    """Not the common shape: let the general parser decide."""
+
+
+def _oid(dotted: str) -> bytes:
+    return core.ObjectIdentifier(dotted).contents
+
+
+_OID_SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
+_OID_DATA = _oid("1.2.840.113549.1.7.1")
+_OID_CONTENT_TYPE = _oid("1.2.840.113549.1.9.3")
+_OID_MESSAGE_DIGEST = _oid("1.2.840.113549.1.9.4")
+_DIGEST_OIDS = {_oid(dotted): name for dotted, name in algos.DigestAlgorithmId._map.items() if name in _DIGESTS}
+_SIGNATURE_OIDS = {_oid(dotted): name for dotted, name in algos.SignedDigestAlgorithmId._map.items()}
+
+
+def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
+    """(tag, start of the TLV, start of the contents, end of the contents) of the element at ``pos``."""
+    if pos + 2 > end:
+        raise _Unusual
+    tag, length = buf[pos], buf[pos + 1]
+    if tag & 0x1F == 0x1F:
+        raise _Unusual                      # high tag numbers: not in this shape
+    head = pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or head + count > end:
+            raise _Unusual                  # indefinite (BER) or absurd lengths
+        length = int.from_bytes(buf[head:head + count], "big")
+        head += count
+    if head + length > end:
+        raise _Unusual
+    return tag, pos, head, head + length
+
+
+def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    out = []
+    while start < end:
+        item = _tlv(buf, start, end)
+        out.append(item)
+        start = item[3]
+    return out
+
+
+def _walk(buf: bytes, start: int, end: int) -> None:
+    """Check the framing of every element below a part that is not interpreted."""
+    for tag, _, head, stop in _children(buf, start, end):
+        if tag & 0x20:
+            _walk(buf, head, stop)
+
+
+def _expect(item, tag: int):
+    if item[0] != tag:
+        raise _Unusual
+    return item
+
+
+@dataclass
+class _Signed:
+    cert: x509.Certificate
+    digest_name: str
+    signature_algorithm: str
+    signature: bytes
+    signed_bytes: bytes | None        # the DER SET OF the signed attributes, None when there are none
+    message_digests: list[bytes]
+    content_types: list[bytes]
+
+
+def _fast_signed(der: bytes) -> _Signed | None:
+    try:
+        return _fast_walk(der)
+    except (_Unusual, ValueError):   # ValueError: a part with fewer or more elements than expected
+        return None
+
+
+def _fast_walk(der: bytes) -> _Signed:
+    _, _, head, stop = _expect(_tlv(der, 0, len(der)), 0x30)
+    if stop != len(der):
+        raise _Unusual
+    content_type, explicit = _children(der, head, stop)
+    if (_expect(content_type, 0x06) and der[content_type[2]:content_type[3]] != _OID_SIGNED_DATA
+            or explicit[0] != 0xA0):
+        raise _Unusual
+    (signed_data,) = _children(der, explicit[2], explicit[3])
+    parts = _children(der, *_expect(signed_data, 0x30)[2:])
+    if len(parts) < 4:
+        raise _Unusual
+    version, digest_algorithms, encap, *rest = parts
+    _expect(version, 0x02)
+    for algorithm in _children(der, *_expect(digest_algorithms, 0x31)[2:]):
+        _walk(der, *_expect(algorithm, 0x30)[2:])
+    encap_parts = _children(der, *_expect(encap, 0x30)[2:])
+    if len(encap_parts) != 1 or encap_parts[0][0] != 0x06:
+        raise _Unusual                       # embedded content: the general path refuses it
+    certificates = []
+    if rest and rest[0][0] == 0xA0:
+        certificates = _children(der, rest[0][2], rest[0][3])
+        rest = rest[1:]
+    if rest and rest[0][0] == 0xA1:
+        _walk(der, rest[0][2], rest[0][3])   # CRLs: not used, framing checked
+        rest = rest[1:]
+    if len(rest) != 1:
+        raise _Unusual
+    signer_infos = _children(der, *_expect(rest[0], 0x31)[2:])
+    if len(signer_infos) != 1:
+        raise _Unusual
+    return _fast_signer(der, signer_infos[0], certificates)
+
+
+def _fast_signer(der: bytes, signer_info, certificates) -> _Signed:
+    fields = _children(der, *_expect(signer_info, 0x30)[2:])
+    if len(fields) < 5:
+        raise _Unusual
+    version, sid, digest_algorithm, *fields = fields
+    _expect(version, 0x02)
+    issuer, serial = _children(der, *_expect(sid, 0x30)[2:])   # issuerAndSerialNumber only
+    _walk(der, *_expect(issuer, 0x30)[2:])
+    _expect(serial, 0x02)
+    digest_name = _algorithm(der, digest_algorithm, _DIGEST_OIDS)
+    signed_bytes, digests, content_types = None, [], []
+    if fields[0][0] == 0xA0:
+        attributes = fields.pop(0)
+        for attribute in _children(der, attributes[2], attributes[3]):
+            attr_type, values = _children(der, *_expect(attribute, 0x30)[2:])
+            _expect(attr_type, 0x06)
+            values = _children(der, *_expect(values, 0x31)[2:])
+            if not values:
+                raise _Unusual
+            for value in values:
+                if value[0] & 0x20:
+                    _walk(der, value[2], value[3])
+            oid = der[attr_type[2]:attr_type[3]]
+            if oid == _OID_MESSAGE_DIGEST:
+                digests.append(der[_expect(values[0], 0x04)[2]:values[0][3]])
+            elif oid == _OID_CONTENT_TYPE:
+                content_types.append(der[_expect(values[0], 0x06)[2]:values[0][3]])
+        if attributes[3] > attributes[2]:
+            signed_bytes = b"\x31" + der[attributes[1] + 1:attributes[3]]
+    if len(fields) not in (2, 3):
+        raise _Unusual
+    signature_algorithm = _algorithm(der, fields[0], _SIGNATURE_OIDS)
+    signature = der[_expect(fields[1], 0x04)[2]:fields[1][3]]
+    if len(fields) == 3:
+        _walk(der, *_expect(fields[2], 0xA1)[2:])   # unsigned attributes: not used, framing checked
+    cert = _fast_signer_certificate(der, certificates, der[issuer[1]:issuer[3]], der[serial[2]:serial[3]])
+    return _Signed(cert, digest_name, signature_algorithm, signature, signed_bytes, digests, content_types)
+
+
+def _algorithm(der: bytes, item, names: dict[bytes, str]) -> str:
+    parts = _children(der, *_expect(item, 0x30)[2:])
+    if not parts or len(parts) > 2:
+        raise _Unusual
+    name = names.get(der[_expect(parts[0], 0x06)[2]:parts[0][3]])
+    if name is None:
+        raise _Unusual                      # the general path names the unsupported algorithm
+    if len(parts) == 2 and parts[1][0] & 0x20:
+        _walk(der, parts[1][2], parts[1][3])
+    return name
+
+
+def _fast_signer_certificate(der: bytes, certificates, issuer: bytes, serial: bytes) -> x509.Certificate:
+    """The certificate whose issuer and serial are byte-equal to the signer identifier's; every
+    certificate carried is parsed (by ``cryptography``, cached by its bytes)."""
+    found = None
+    for item in certificates:
+        if item[0] != 0x30:
+            raise _Unusual                  # other certificate formats
+        cert_der = der[item[1]:item[3]]
+        try:
+            cert = _load_certificate(cert_der)
+        except ValueError:
+            raise _Unusual from None
+        if found is None and _issuer_and_serial(cert_der) == (issuer, serial):
+            found = cert
+    if found is None:
+        raise _Unusual
+    return found
+
+
+_names_cache: dict[bytes, tuple[bytes, bytes]] = {}
+
+
+def _issuer_and_serial(cert_der: bytes) -> tuple[bytes, bytes]:
+    """The issuer Name (whole TLV) and serialNumber contents of a certificate cryptography parsed."""
+    known = _names_cache.get(cert_der)
+    if known is None:
+        tbs = _children(cert_der, *_tlv(cert_der, 0, len(cert_der))[2:])[0]
+        fields = _children(cert_der, tbs[2], tbs[3])
+        if fields[0][0] == 0xA0:
+            fields = fields[1:]
+        serial, _, issuer = fields[:3]
+        known = (cert_der[issuer[1]:issuer[3]], cert_der[serial[2]:serial[3]])
+        with _cache_lock:
+            if len(_names_cache) >= _CERT_CACHE_SIZE:
+                _names_cache.clear()
+            _names_cache[cert_der] = known
+    return known

@@ -222,6 +222,24 @@ def register_handler(message_type: str, handler: RoomHandler) -> None:
     _ROOM_HANDLERS[message_type] = handler
 
 
+# A room may also answer some endpoints of its message from a read transaction, before the write path:
+# read_handler(device_id, udid, endpoint, now, connection) -> (status, body, content type), or None when
+# answering would store something (the write path then decides). Registered with the endpoints it serves.
+RoomReadHandler = Callable[..., "tuple[int, bytes, str] | None"]
+_READ_HANDLERS: dict[str, tuple[RoomReadHandler, frozenset[str]]] = {}
+
+
+def register_read_handler(message_type: str, handler: RoomReadHandler, endpoints) -> None:
+    """Called by a room's ``init_app``: the read path for ``endpoints`` of ``message_type`` (mdm/protocol.py)."""
+    _READ_HANDLERS[message_type] = (handler, frozenset(endpoints))
+
+
+def read_handler(message_type: str, endpoint) -> RoomReadHandler | None:
+    """The registered read path for this message type and endpoint, or None."""
+    handler, endpoints = _READ_HANDLERS.get(message_type, (None, frozenset()))
+    return handler if isinstance(endpoint, str) and endpoint in endpoints else None
+
+
 def declarative_management(identity, device: Device, udid: str, message: dict) -> Reply:
     endpoint = require(message, "Endpoint")
     data = optional(message, "Data", bytes)

@@ -3,7 +3,10 @@
 Thin on purpose: read the body within its size limit, authenticate (mdm/certauth.py), parse the XML
 plist, call the service (mdm/checkin.py, mdm/queue.py), commit, answer. An ``Idle`` that changes nothing
 (certificate bound and not retired, nothing waiting, last seen under a minute ago) is answered from a
-read transaction: no write lock, nothing committed; anything else takes the write path. A device never gets 401 or 500:
+read transaction: no write lock, nothing committed; so is a DeclarativeManagement ``tokens`` or
+``declaration-items`` check-in whose answer would store nothing (the read handler the DDM room registers,
+``checkin.register_read_handler``: ``ddm.protocol.serve_unchanged``); anything
+else takes the write path. A device never gets 401 or 500:
 refusals are 400/403/404/410/413 with the reason logged, and a refused request stores nothing except
 its audit record: ``device.auth_failed`` (identity refused; ``object_id`` is the UDID the message
 claimed, when it could be read), ``device.topic_refused`` (wrong push topic) and ``device.body_too_large``.
@@ -15,6 +18,7 @@ announced by Content-Length or sent chunked.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from flask import Blueprint, Response, current_app, request
@@ -52,7 +56,35 @@ def connect_endpoint():
 
 
 def _checkin(identity, message: dict, body: bytes) -> Reply:
+    reply = _declarative_management_read(identity, message)
+    if reply is not None:
+        return reply
     return checkin.handle(identity, message)
+
+
+def _declarative_management_read(identity, message: dict) -> Reply | None:
+    """The read path of DeclarativeManagement ``tokens`` and ``declaration-items``: the answer from the
+    stored set when giving it changes nothing (certificate bound to the device and not retired, last seen
+    under a minute ago, stored set current and recorded as served: the room's registered read handler), in a
+    read transaction of its own (no writer lock, nothing committed). None: take the write path
+    (``checkin.handle``), which validates, decides and stores everything again."""
+    serve_unchanged = checkin.read_handler(message.get("MessageType"), message.get("Endpoint"))
+    if (serve_unchanged is None or message.get("MessageType") != "DeclarativeManagement"
+            or any(key in message for key in ("Topic", "Data", "UserID", "EnrollmentUserID", "UserShortName"))
+            or db.session().in_transaction()):
+        return None
+    try:
+        udid = checkin.message_udid(message)
+    except PlistError:
+        return None      # the write path refuses it with the reason
+    with _read_connection() as connection:
+        device_id = certauth.authorized_device_id(identity, udid, connection)
+        if device_id is None:
+            return None
+        answer = serve_unchanged(device_id, udid, message["Endpoint"], utcnow(), connection)
+    if answer is None:
+        return None
+    return Reply(*answer)
 
 
 def _connect(identity, message: dict, body: bytes) -> Reply:
@@ -81,16 +113,25 @@ def _idle_changes_nothing(identity, udid: str, message: dict) -> bool:
     decides everything again under the write transaction (and refuses, delivers or records)."""
     if db.session().in_transaction():
         return False
-    with read_only():
-        device_id = certauth.authorized_device_id(identity, udid)
+    with _read_connection() as connection:
+        device_id = certauth.authorized_device_id(identity, udid, connection)
         if device_id is None:
             return False
-        facts = queue.idle_facts(device_id, udid)
+        facts = queue.idle_facts(device_id, udid, connection)
     if facts is None:
         return False
     if _is_user_channel(message):
         return True      # the write path answers it with nothing and writes nothing either
     return not facts.waiting and not Device.seen_is_due(facts.last_seen_at, utcnow())
+
+
+@contextlib.contextmanager
+def _read_connection():
+    """A Core connection in a read transaction of its own (``extensions.read_only``: on SQLite a deferred
+    BEGIN without the writer lock), rolled back and returned to the pool on exit. The read paths use it
+    instead of the ORM session: the same statements without the session's bookkeeping (~50 µs a request)."""
+    with read_only(), db.engine.connect() as connection:
+        yield connection
 
 
 def _is_user_channel(message: dict) -> bool:

@@ -123,10 +123,11 @@ _IDLE_FACTS = (select(_devices.c.last_seen_at,
                .where(_devices.c.id == bindparam("device_id"), _devices.c.udid == bindparam("udid")))
 
 
-def idle_facts(device_id: int, udid: str):
+def idle_facts(device_id: int, udid: str, connection=None):
     """(last_seen_at, waiting) of the device: ``waiting`` is true when a command is offerable (queued, or
-    sent and never answered). None when no device has this id and UDID (deleted). Reads only."""
-    return db.session.execute(_IDLE_FACTS, {"device_id": device_id, "udid": udid}).one_or_none()
+    sent and never answered). None when no device has this id and UDID (deleted). Reads only, through
+    ``connection`` (a Core connection in a read transaction) when given, else the session."""
+    return (connection or db.session).execute(_IDLE_FACTS, {"device_id": device_id, "udid": udid}).one_or_none()
 
 
 def cancel_pending(device: Device) -> list[Command]:

@@ -98,7 +98,12 @@ class WSGIBridge:
         try:
             if announced is not None and int(announced) > self.max_body_bytes:
                 raise BodyTooLarge()
-            body = await asyncio.wait_for(self._read_body(proto), timeout=self.body_deadline_seconds)
+            # asyncio.timeout, not wait_for: no extra task per request on the event loop.
+            async with asyncio.timeout(self.body_deadline_seconds):
+                if announced is not None:
+                    body = await proto()     # within the limit (checked above): read in one piece
+                else:
+                    body = await self._read_body(proto)   # chunked (or none): counted as it arrives
             if announced is not None and len(body) != int(announced):
                 raise IncompleteBody()   # granian ends the stream quietly when the client goes away
         except BodyTooLarge:

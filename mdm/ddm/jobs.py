@@ -27,7 +27,7 @@ from . import cli, enforcement_cli  # noqa: F401  (the room's CLI groups attach 
 from .catalog import CatalogError, ensure_catalog, sync_catalog
 from .inventory import queue_inventory
 from .plan import queue_recompute
-from .protocol import handle_declarative_management
+from .protocol import READ_PATH_ENDPOINTS, handle_declarative_management, serve_unchanged
 from .state_models import DeclarationSet
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def init_app(app) -> None:
     """Wire the DDM room into ``app`` (called once per app by ``create_app``; idempotent)."""
     changes.connect(spine)
     checkin.register_handler("DeclarativeManagement", declarative_management)
+    checkin.register_read_handler("DeclarativeManagement", serve_unchanged, READ_PATH_ENDPOINTS)
     register_job(refresh_catalog, "interval", hours=24,
                  next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30))
     register_job(refresh_sofa, "interval", hours=24,
