@@ -124,3 +124,37 @@ def test_a_message_the_write_path_refuses_is_still_refused(app, client, device):
     response = other.put(client, "/mdm/checkin", {"MessageType": "DeclarativeManagement", "UDID": device.udid,
                                                   "Endpoint": "tokens"})
     assert response.status_code == 400
+
+
+def test_a_device_with_an_enforcement_policy_through_a_group_gets_the_same_answer_from_the_read_path(
+        app, client, device, recorder):
+    """A Software Update Enforcement policy bound through a group is part of the device's set: the read path
+    counts it (it would otherwise see a set without it), so the answer stays the write path's, read-only."""
+    from mdm.ddm import enforcement
+    from mdm.models import DeviceGroup, group_members
+    with app.app_context():
+        phone = Device.query.filter_by(udid=device.udid).one()
+        group = DeviceGroup(name="Enforced")
+        db.session.add(group)
+        db.session.flush()
+        db.session.execute(group_members.insert().values(group_id=group.id, device_id=phone.id))
+        when = (dt.date.today() + dt.timedelta(days=9)).isoformat() + "T18:00"
+        policy = enforcement.create_policy({"name": "By 26.6.1", "target_version": "26.6.1", "enforce_at": when})
+        enforcement.bind_policy(policy, groups=[group.name])
+        db.session.commit()
+        policy_id = policy.id
+    first = json.loads(ddm(device, client, "declaration-items"))
+    assert any(d["Identifier"].startswith("mdm.enforce.") for d in first["Declarations"]["Configurations"])
+    recorder.reset()
+    again = json.loads(ddm(device, client, "declaration-items"))
+    assert again == first
+    assert recorder.commits == 0 and recorder.writes() == [] and recorder.locked_statements == 0
+    with app.app_context():      # the policy's version changes: the stored set is out of date, the write path runs
+        enforcement.update_policy(policy_id, {"target_version": "26.6", "target_build": None})
+        db.session.commit()
+        db.session.execute(DeclarationSet.__table__.update().values(declarations_token="stale"))
+        db.session.commit()
+    recorder.reset()
+    changed = json.loads(ddm(device, client, "tokens"))
+    assert changed["SyncTokens"]["DeclarationsToken"] == stored(app, device.udid).declarations_token != "stale"
+    assert recorder.commits >= 1

@@ -10,6 +10,7 @@ Asserted through SQLAlchemy engine events on the real database (SQLite, and Post
 from __future__ import annotations
 
 import plistlib
+import threading
 from datetime import timedelta
 
 import pytest
@@ -22,10 +23,12 @@ from test_certauth import DeviceIdentity, app, client  # noqa: F401  (shared fix
 
 
 class Recorder:
-    """Every statement, transaction begin and commit on the app's engine, and whether the writer lock
-    was held while a statement ran."""
+    """Every statement, transaction begin and commit on the app's engine made by the request under test
+    (the test's own thread: the test client runs the request in it; background work such as the push
+    sender is not the request's), and whether the writer lock was held while a statement ran."""
 
     def __init__(self, app):
+        self.thread = threading.get_ident()
         with app.app_context():
             self.engine = db.engine
         self.statements: list[str] = []
@@ -37,6 +40,8 @@ class Recorder:
         event.listen(self.engine, "commit", self._commit)
 
     def _statement(self, conn, cursor, statement, parameters, context, executemany):
+        if threading.get_ident() != self.thread:
+            return
         self.statements.append(statement.strip().split()[0].upper() + " " + statement.strip()[:80])
         if conn.info.get("mdm_writer_lock") is not None:
             self.locked_statements += 1
@@ -46,10 +51,12 @@ class Recorder:
         self.begins = self.commits = self.locked_statements = 0
 
     def _begin(self, conn):
-        self.begins += 1
+        if threading.get_ident() == self.thread:
+            self.begins += 1
 
     def _commit(self, conn):
-        self.commits += 1
+        if threading.get_ident() == self.thread:
+            self.commits += 1
 
     def writes(self) -> list[str]:
         return [s for s in self.statements
