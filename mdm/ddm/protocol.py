@@ -22,12 +22,13 @@ import json
 import logging
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, select
 
 from ..extensions import db
-from ..models import Device, audit
+from ..models import Device, audit, group_members
 from . import spine, sync
 from . import status as status_intake
+from .enforcement_models import EnforcementBinding
 from .models import DevicePatchTarget, PatchPolicy
 from .plan import PatchPlan
 from .policies import SETTING_FIELDS, PolicySettings
@@ -63,9 +64,16 @@ _FACTS = tuple(_devices.c[name] for name in sync._DeviceFacts.__slots__)
 _TARGET_FIELDS = ("policy_id", "binding", "target_version", "target_build", "deadline_local", "deadline_utc",
                   "reason", "compliant", "conflicts", "deadline_anchor_version", "deadline_note")
 _SET_FIELDS = ("declarations_token", "notes", "declarations", "changed_at", "served_identifiers")
+# Whether a Software Update Enforcement policy is bound to the device, directly or through one of its
+# groups: only then are its enforcements read (``sync.enforcements_for``), so the usual device costs one query.
+_bindings = EnforcementBinding.__table__
+_ENFORCED = exists(select(_bindings.c.id).where(
+    (_bindings.c.device_id == _devices.c.id)
+    | _bindings.c.group_id.in_(select(group_members.c.group_id).where(group_members.c.device_id == _devices.c.id))))
 _READ = (select(*_FACTS, _devices.c.last_seen_at, *(_sets.c[f] for f in _SET_FIELDS),
                 *(_targets.c[f] for f in _TARGET_FIELDS), _policies.c.name.label("policy_name"),
-                _policies.c.beta_programs, *(_policies.c[f] for f in SETTING_FIELDS if f != "beta_programs"))
+                _policies.c.beta_programs, *(_policies.c[f] for f in SETTING_FIELDS if f != "beta_programs"),
+                _ENFORCED.label("enforced"))
          .select_from(_devices.join(_sets, _sets.c.device_id == _devices.c.id)
                       .outerjoin(_targets, _targets.c.device_id == _devices.c.id)
                       .outerjoin(_policies, _policies.c.id == _targets.c.policy_id))
@@ -93,7 +101,7 @@ def serve_unchanged(device_id: int, udid: str, endpoint: str, now, connection=No
     plan = _stored_plan(row) if device.runs_ios else None
     if plan is False:
         return None
-    enforcements, why = sync.enforcements_for([device_id])      # one cheap query while none are bound
+    enforcements, why = sync.enforcements_for([device_id]) if row["enforced"] else ({}, None)
     mine = enforcements.get(device_id, ())
     key = (device.facts_key(), plan, mine, why)
     computed = _set_cache.get(key)
