@@ -28,7 +28,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# Arguments naming test files or folders (./test.sh tests/test_push.py -x) replace the default "tests".
+# Arguments naming test files or folders (./test.sh tests/protocol/test_push.py -x) replace the default "tests".
 targets=(tests)
 for arg in "$@"; do [ -e "${arg%%::*}" ] && targets=(); done
 

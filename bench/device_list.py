@@ -77,7 +77,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mdm-bench-list-"))
     try:
         from mdm import create_app
-        from mdm.bootstrap import initialise
+        from mdm.ops.bootstrap import initialise
         from mdm.extensions import db
         app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}", "SCHEDULER_ENABLED": False,
                           "CERTS_DIR": str(workdir / "certs"), "LOG_LEVEL": "WARNING", "SECRETS_KEY": "0" * 64,
@@ -93,7 +93,7 @@ def main() -> int:
             db.session.remove()
         print(json.dumps({"devices": args.devices, "setup_seconds": round(time.perf_counter() - started, 1)}),
               flush=True)
-        from tests.test_ui_support import Browser   # signs in the way the login page does (CSRF, Referer)
+        from ui_support import Browser   # signs in the way the login page does (CSRF, Referer)
         client = Browser(app).login("bench", "bench password 123").client
         base = "https://localhost"
         results = []

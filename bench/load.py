@@ -11,7 +11,7 @@ declaration items and declarations and report status, like an iPhone.
 
 Then ``--workers`` threads keep the devices polling (Idle, answer every command, repeat) for ``--rounds``
 passes over the fleet. During the first pass the admin
-  1. enqueues InstalledApplicationList on every device in one all-or-nothing bulk (mdm.queue.enqueue_bulk,
+  1. enqueues InstalledApplicationList on every device in one all-or-nothing bulk (mdm.protocol.queue.enqueue_bulk,
      from this process: a second writer on the database, as a second web process would be), and
   2. changes the General Adoption ring's deferral through the REST API (PATCH /api/v1/policies/<id>),
      which recomputes targets and refreshes the declarations of a quarter of the fleet inside the server.
@@ -112,7 +112,7 @@ def main() -> int:
             with app.app_context():
                 from mdm.extensions import db
                 from mdm.models import Device
-                from mdm.queue import enqueue_bulk
+                from mdm.protocol.queue import enqueue_bulk
                 t = time.perf_counter()
                 targets = Device.query.filter_by(enrollment_status="enrolled").all()
                 commands = enqueue_bulk(targets, BULK_COMMAND, queued_by="bench-admin")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))   # the test helpers: a device identity and real CMS signatures
+sys.path.insert(0, str(ROOT / "tests" / "support"))   # the test kit: a device identity and real CMS signatures
 sys.path.insert(0, str(ROOT / "bench"))
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import backup, cli_core, logs, push, push_cli, pushcert  # noqa: F401  (CLI modules add commands)
+from .ops import backup, logs  # noqa: F401
+from .devices import cli as devices_cli  # noqa: F401
+from .push import apns as push, cli as push_cli, cert as pushcert  # noqa: F401  (CLI modules add commands)
 from . import models, unit_of_work  # noqa: F401  (models: register tables)
 from .accounts.guard import init_access
 from .accounts.login import init_login
@@ -25,7 +27,7 @@ from .enroll import cli as enroll_cli  # noqa: F401  (adds commands)
 from .enroll import scep
 from .enroll.views import bp as enroll_bp
 from .extensions import db, migrate
-from .protocol import bp as protocol_bp
+from .protocol.views import bp as protocol_bp
 from .simulator import cli as simulator_cli  # noqa: F401  (adds commands)
 from .ui import cli as ui_cli  # noqa: F401  (adds commands)
 from .ui import init_ui

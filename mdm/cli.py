@@ -1,5 +1,5 @@
 """``flask mdm …``: the operator's command group. Each room adds its own subcommands here from its
-CLI module (mdm/cli_core.py, mdm/push_cli.py, mdm/backup.py, mdm/enroll/cli.py, mdm/ddm/cli.py,
+CLI module (mdm/devices/cli.py, mdm/push/cli.py, mdm/ops/backup.py, mdm/enroll/cli.py, mdm/ddm/cli.py,
 mdm/ui/cli.py, mdm/simulator/cli.py); the app factory (mdm/__init__.py) imports those modules, so
 this group imports no room and every room may import it."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from .bootstrap import initialise
+from .ops.bootstrap import initialise
 from .secrets import SecretsKeyError
 
 mdm_cli = AppGroup("mdm", help="Operate the MDM server.")

@@ -42,7 +42,7 @@ class Defaults:
     # Request bodies above this size are refused with 413 before parsing.
     MAX_CONTENT_LENGTH = 8 * 1024 * 1024
     MAX_CHECKIN_BYTES = 1024 * 1024
-    # Command results (PUT /mdm/connect); a large InstalledApplicationList or ProfileList fits (mdm/protocol.py).
+    # Command results (PUT /mdm/connect); a large InstalledApplicationList or ProfileList fits (mdm/protocol/views.py).
     MAX_COMMAND_RESPONSE_BYTES = 2 * 1024 * 1024
     # Accept a client certificate forwarded by a trusted TLS-terminating proxy (off by default).
     TRUSTED_PROXY_CERT_HEADER = ""  # e.g. "X-Client-Cert" (URL-encoded PEM, as nginx $ssl_client_escaped_cert)
@@ -56,13 +56,13 @@ class Defaults:
     # the key itself, or a file holding it; default <instance>/secrets.key, generated on first run.
     SECRETS_KEY = None
     SECRETS_KEY_FILE = None
-    # Production server (python -m mdm.run, granian): processes, threads and timeouts, see mdm/serve.py.
+    # Production server (python -m mdm.run, granian): processes, threads and timeouts, see mdm/server/serve.py.
     WORKERS = 1
     THREADS = 16
     REQUEST_TIMEOUT_SECONDS = 30
     REQUEST_BODY_DEADLINE_SECONDS = 60
     SHUTDOWN_TIMEOUT_SECONDS = 5
-    # Logs: "text" or "json" (one object per line); secrets are always redacted (mdm/logs.py).
+    # Logs: "text" or "json" (one object per line); secrets are always redacted (mdm/ops/logs.py).
     LOG_FORMAT = "text"
     LOG_LEVEL = "INFO"
 

@@ -150,7 +150,7 @@ class Command(db.Model):
     request_type = db.Column(db.String(64), nullable=False)
     payload = db.Column(db.LargeBinary, nullable=False)   # the full command plist (XML)
     # queued -> sent -> Acknowledged | Error | CommandFormatError ; NotNow puts it back to queued
-    # queued | sent -> cancelled when a new enrollment (Authenticate) clears the queue (mdm/queue.py)
+    # queued | sent -> cancelled when a new enrollment (Authenticate) clears the queue (mdm/protocol/queue.py)
     status = db.Column(db.String(32), nullable=False, default="queued")
     not_now_count = db.Column(db.Integer, nullable=False, default=0)
     response = db.Column(db.LargeBinary)                  # full response plist as received
@@ -245,5 +245,5 @@ class SchedulerJobRun(db.Model):
     """When each scheduled job last ran, so a restarted scheduler catches up once instead of waiting a
     whole interval (or firing once per missed interval)."""
     __tablename__ = "scheduler_job_runs"
-    job_id = db.Column(db.String(255), primary_key=True)     # "mdm.push.process_due_pushes"
+    job_id = db.Column(db.String(255), primary_key=True)     # "mdm.push.apns.process_due_pushes"
     last_run_at = db.Column(db.DateTime, nullable=False)     # UTC, when the last run started

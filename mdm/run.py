@@ -1,5 +1,5 @@
 """``python -m mdm.run``: the production command. First-run set-up, then the HTTPS server (granian,
-``mdm.serve``) with the scheduler running in exactly one worker process. ``./run.sh`` runs exactly this.
+``mdm.server.serve``) with the scheduler running in exactly one worker process. ``./run.sh`` runs exactly this.
 
 Options come from ``instance/config.py`` and ``MDM_*`` variables (``WORKERS``, ``THREADS``,
 ``REQUEST_TIMEOUT_SECONDS``, ``REQUEST_BODY_DEADLINE_SECONDS``, ``MAX_CONTENT_LENGTH``,
@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import create_app, logs
-from .bootstrap import initialise
+from . import create_app
+from .ops import logs
+from .ops.bootstrap import initialise
 from .extensions import db
 from .secrets import SecretsKeyError
-from .serve import PRODUCTION_TARGET, build_server
+from .server.serve import PRODUCTION_TARGET, build_server
 
 log = logging.getLogger("mdm.run")
 

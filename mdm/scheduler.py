@@ -1,5 +1,5 @@
 """APScheduler in the web process. Each room registers its jobs with ``register_job`` from its
-``init_app(app)`` (mdm/push.py, mdm/enroll/scep.py, mdm/ddm/jobs.py), called by ``create_app``.
+``init_app(app)`` (mdm/push/apns.py, mdm/enroll/scep.py, mdm/ddm/jobs.py), called by ``create_app``.
 
 Exactly one scheduler per deployment: the process that runs it holds a lock for its lifetime. On SQLite
 (one host) the lock is a file in the instance folder; on PostgreSQL it is a session-level advisory lock

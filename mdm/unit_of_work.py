@@ -56,7 +56,7 @@ def begin_request() -> None:
 
 def end_request(response):
     """The request's work commits once, before the response leaves, unless the answer is an error (the
-    teardown then rolls it back). Views that committed, the device check-in (mdm/protocol.py) and
+    teardown then rolls it back). Views that committed, the device check-in (mdm/protocol/views.py) and
     ``read_only()`` leave no transaction open, so nothing commits twice."""
     if response.status_code < 400 and db.session().in_transaction():
         db.session.commit()

@@ -78,7 +78,7 @@ def _postgres_template(pki_template: Path) -> str:
                           "SCHEDULER_ENABLED": False, "SERVER_URL": "https://localhost:8443"},
                          instance_path=scratch)
         with app.app_context():
-            from mdm.dbsetup import init_db
+            from mdm.ops.dbsetup import init_db
             init_db()
             db.session.remove()
             db.engine.dispose()
@@ -147,7 +147,7 @@ def make_app(tmp_path: Path, pki_template: Path, **overrides):
     (tmp_path / "instance").mkdir(exist_ok=True)
     app = create_app(config, instance_path=str(tmp_path / "instance"))
     with app.app_context():
-        from mdm.bootstrap import initialise
+        from mdm.ops.bootstrap import initialise
         initialise()
     return app
 
@@ -171,7 +171,7 @@ def live_server_factory(tmp_path, pki_template):
     """Start the real production server (``python -m mdm.run``: granian, TLS with our CA) in a child
     process on a free port, sharing the test app's instance, certificates and database. Keyword
     arguments are settings given to both the server and its ``.app`` (the test's side); ``serve``
-    names one of ``tests/serving_apps.py``'s apps instead of the production app."""
+    names one of ``tests/support/serving_apps.py``'s apps instead of the production app."""
     started = []
 
     def start(*, serve: str | None = None, **config):

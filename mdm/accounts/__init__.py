@@ -21,7 +21,7 @@ cookie stops working with it:
                     until it is enabled again (old sessions never come back).
 API tokens are independent of sessions otherwise. A token made in the UI is owned by the
 Administrator who made it (``owner_id``); a token made with the CLI belongs to no account.
-Sign-in throttling is in ``mdm/throttle.py`` (it keeps its counters in ``LoginThrottle`` here).
+Sign-in throttling is in ``mdm/accounts/throttle.py`` (it keeps its counters in ``LoginThrottle`` here).
 
 Modules (none imports mdm.ui or mdm.api; both of those import this room):
   models.py    the tables and account services (re-exported here: ``from mdm.accounts import Role``);

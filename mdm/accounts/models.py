@@ -183,7 +183,7 @@ def end_sessions(user: AdminUser) -> int:
 
 
 class LoginThrottle(db.Model):
-    """Failed sign-ins per key in the current window (keys and limits: mdm/throttle.py)."""
+    """Failed sign-ins per key in the current window (keys and limits: mdm/accounts/throttle.py)."""
     __tablename__ = "login_throttle"
     key = db.Column(db.String(300), primary_key=True)
     failures = db.Column(db.Integer, nullable=False, default=0)
@@ -224,7 +224,7 @@ def active_administrators() -> int:
 
 def authenticate(username: str, password: str) -> AdminUser | None:
     """The account when the credentials are right and it is enabled, else None (the caller shows one
-    generic message whatever the reason; throttling is the caller's, mdm/throttle.py). The caller commits."""
+    generic message whatever the reason; throttling is the caller's, mdm/accounts/throttle.py). The caller commits."""
     user = find_admin(username)
     if user is None:
         _hasher_verify_dummy(password)  # "no such user" takes as long as "wrong password"

@@ -17,7 +17,7 @@ from sqlalchemy import and_, exists, or_, select
 
 from ..extensions import db
 from ..models import Command, Device, utcnow
-from ..queue import enqueue_bulk
+from ..protocol.queue import enqueue_bulk
 from ..unit_of_work import finish
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from flask import g, has_app_context, request_finished
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from .. import checkin
+from ..protocol import checkin
 from ..extensions import db
 from ..scheduler import register_job
 from ..signals import (device_checked_out, device_enrolled, device_facts_changed, device_reenrolled,
@@ -60,7 +60,7 @@ def init_app(app) -> None:
 # ---- the check-in handler -------------------------------------------------------------------------
 
 def declarative_management(device, endpoint: str, data: bytes | None) -> tuple[int, bytes, str]:
-    """The core's DeclarativeManagement message (mdm/checkin.py) -> ``protocol.handle_declarative_management``."""
+    """The core's DeclarativeManagement message (mdm/protocol/checkin.py) -> ``protocol.handle_declarative_management``."""
     return handle_declarative_management(device, endpoint, data)
 
 

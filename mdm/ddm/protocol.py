@@ -12,7 +12,7 @@ identifiers are already recorded) it answers from the stored set inside the call
 otherwise it returns None and the caller takes the write path above, which decides again and stores.
 Policy state never causes a 4xx/5xx here: the set is computed without what cannot be computed.
 A status report's changed facts go to the DDM spine (``spine.status_received``). The check-in
-(mdm/protocol.py, the edge) commits once after the reply is decided; nothing here commits except the
+(mdm/protocol/views.py, the edge) commits once after the reply is decided; nothing here commits except the
 audit of a refused status report, which must outlive the intake's rollback. The DDM room registers
 ``handle_declarative_management`` and ``serve_unchanged`` with the core in its ``init_app``.
 """

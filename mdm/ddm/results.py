@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from flask import current_app
 from sqlalchemy import bindparam, delete, insert, select, update
 
-from .. import push
+from ..push import apns as push
 from ..extensions import db
 from ..models import Command, Device, PushRequest, utcnow
 from . import declarations as decl

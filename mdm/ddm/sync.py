@@ -22,11 +22,11 @@ from typing import Iterable
 from flask import current_app
 from sqlalchemy import bindparam, insert, select, update
 
-from .. import commands
+from ..protocol import commands
 from ..extensions import db
 from ..models import Command, Device, utcnow
-from ..plistio import dumps
-from ..push import request_push
+from ..protocol.plistio import dumps
+from ..push.apns import request_push
 from ..unit_of_work import finish
 from . import changes
 from . import declarations as decl

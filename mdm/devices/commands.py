@@ -2,7 +2,7 @@
 all or nothing) with the audit event, and the bulk-confirmation rules. The UI's device pages and
 the API's ``POST /api/v1/devices/<id>/commands`` call this one service.
 
-Why here (the devices room) and not in mdm/queue.py: the MDM core's queue builds and stores any
+Why here (the devices room) and not in mdm/protocol/queue.py: the MDM core's queue builds and stores any
 command for the protocol; which commands a person may send, and what they must confirm, are
 administration rules about devices, shared by the UI and the API. The service audits; the caller
 (request) commits.
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from ..accounts import Role
 from ..models import audit
-from ..queue import enqueue, enqueue_bulk
+from ..protocol.queue import enqueue, enqueue_bulk
 
-# Commands an admin may queue from the UI/API without parameters (the MDM core builds them: mdm/commands/).
+# Commands an admin may queue from the UI/API without parameters (the MDM core builds them: mdm/protocol/commands/).
 ADMIN_COMMANDS = ("DeviceInformation", "SecurityInfo", "ProfileList", "InstalledApplicationList",
                   "AvailableOSUpdates", "OSUpdateStatus", "RestartDevice", "DeviceLock", "EraseDevice")
 DESTRUCTIVE_COMMANDS = ("RestartDevice", "DeviceLock", "EraseDevice")
@@ -49,7 +49,7 @@ def queue_device_command(device, request_type: str, *, actor: str, source: str |
 
 
 def queue_bulk_command(devices, request_type: str, *, actor: str, source: str | None):
-    """Queue one command on each device, all or nothing (mdm.queue.enqueue_bulk), and audit it once;
+    """Queue one command on each device, all or nothing (mdm.protocol.queue.enqueue_bulk), and audit it once;
     returns the Command rows. The caller checks ``check_bulk_command`` first."""
     _check_admin_command(request_type)
     commands = enqueue_bulk(devices, request_type, queued_by=actor)

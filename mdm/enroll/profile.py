@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from flask import current_app
 
-from .. import plistio
+from ..protocol import plistio
 from ..extensions import db
 from ..models import EnrollmentToken, ScepChallenge, audit, utcnow
-from ..pushcert import PushCertError, current_topic
+from ..push.cert import PushCertError, current_topic
 from .pki import get_pki
 from .tokens import TokenError, TokenRefused, redeem_token
 
@@ -84,7 +84,7 @@ def _uuid() -> str:
 
 def build_enrollment_profile(token: EnrollmentToken | None, topic: str | None = None) -> dict:
     """The profile as a dict (call profile_bytes to serialise). Adds a ScepChallenge to the session;
-    the caller commits. ``topic`` defaults to mdm.pushcert.current_topic()."""
+    the caller commits. ``topic`` defaults to mdm.push.cert.current_topic()."""
     cfg = current_app.config
     server_url, org = cfg["SERVER_URL"], cfg["ORGANIZATION"]
     if topic is None:

@@ -13,7 +13,7 @@ is replaced, logged and audited (``scep.subject_replaced``), so holding one enro
 yields a certificate naming another device. A RenewalReq keeps the subject of the certificate that signs
 it and records it (``renewed_from_sha256``); a certificate retired by a re-enrollment cannot renew.
 Issuing a certificate binds it to no device: that happens at Authenticate, or for a renewal on its first
-use by the device its signer is bound to (mdm/certauth.py).
+use by the device its signer is bound to (mdm/protocol/certauth.py).
 """
 from __future__ import annotations
 

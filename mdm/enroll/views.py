@@ -1,7 +1,7 @@
 """Enrollment and SCEP HTTP endpoints. Thin: parse the request, call the service, serialise the answer.
 
 Device-facing: never 401 or 500 for bad input; a refusal is 400/403/404/413 with a plain-text reason.
-Failed token lookups and refused SCEP requests are throttled per address (mdm/throttle.py): 429.
+Failed token lookups and refused SCEP requests are throttled per address (mdm/accounts/throttle.py): 429.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, request
 
 from ..extensions import db
 from ..models import audit
-from ..throttle import client_address, enrollment_throttle
+from ..accounts.throttle import client_address, enrollment_throttle
 from . import scep
 from .pki import get_pki
 from .profile import ProfileUnavailable, download_enrollment_profile

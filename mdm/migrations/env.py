@@ -8,7 +8,7 @@ from alembic import context
 # access to the values within the .ini file in use.
 config = context.config
 
-# Logging is the application's (mdm.logs / basicConfig); only quieten Alembic's routine lines so
+# Logging is the application's (mdm.ops.logs / basicConfig); only quieten Alembic's routine lines so
 # CLI output stays machine-readable.
 logging.getLogger('alembic').setLevel(logging.WARNING)
 logger = logging.getLogger('alembic.env')

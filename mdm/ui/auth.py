@@ -2,7 +2,7 @@
 
 Sessions end on the server (mdm/accounts/): sign-in starts a server-side session, sign-out ends it,
 a password change ends every session of the account and starts a fresh one for this browser.
-Sign-in is throttled per (account, address) and per address (mdm/throttle.py): a locked key answers
+Sign-in is throttled per (account, address) and per address (mdm/accounts/throttle.py): a locked key answers
 429 with Retry-After and one generic message, and the start of each lock is audited."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..accounts.access import public, requires, safe_next
 from ..accounts.actor import current_source
 from ..extensions import db
 from ..models import audit
-from ..throttle import clear_login_failures, client_address, login_lock, record_login_failure
+from ..accounts.throttle import clear_login_failures, client_address, login_lock, record_login_failure
 
 bp = Blueprint("auth", __name__)
 

@@ -6,7 +6,7 @@ import click
 from ..accounts import (AccountError, AdminUser, ApiToken, Role, create_admin, create_api_token, find_admin,
                         generate_password)
 from ..cli import mdm_cli
-from ..dbsetup import init_db
+from ..ops.dbsetup import init_db
 from ..extensions import db
 from ..models import audit, utcnow
 

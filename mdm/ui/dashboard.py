@@ -8,7 +8,7 @@ from datetime import timedelta
 from flask import Blueprint, render_template
 from sqlalchemy import func, or_, select
 
-from .. import pushcert
+from ..push import cert as pushcert
 from ..accounts import Role
 from ..accounts.access import requires
 from ..ddm.catalog import devices_without_target

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from .. import push
+from ..push import apns as push
 from ..extensions import db
 from ..models import PushRequest, utcnow
 from .banners import register_banner

@@ -1,7 +1,7 @@
 """Settings: server URL, push certificate, CA, Apple release feed with "Sync now" (and the catalog's
 releases with their CVE counts from the SOFA feed), and the recomputation schedule. Changes here are Administrator-only and audited (by the services they call).
 
-The push certificate card walks through the four steps of ``mdm.pushcert`` in order: choose a route
+The push certificate card walks through the four steps of ``mdm.push.cert`` in order: choose a route
 (own vendor .p12, or the configured CSR-signing service), get the request for Apple (downloaded, or
 decrypted from the service's e-mailed reply), upload it at identity.apple.com, install the returned
 certificate (a different topic is refused unless explicitly allowed). It shows topic, expiry and days left."""
@@ -12,7 +12,7 @@ import threading
 from cryptography.hazmat.primitives import hashes
 from flask import Blueprint, Response, current_app, flash, render_template, request, url_for
 
-from .. import pushcert
+from ..push import cert as pushcert
 from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor
@@ -21,9 +21,9 @@ from ..ddm.sofa import releases_with_security, sofa_status
 from ..enroll.pki import get_pki
 from ..extensions import db
 from ..models import utcnow
-from ..push_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
-from ..pushcert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
-                        open_signing_service_reply, pending_request, submit_to_signing_service)
+from ..push.cert_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL
+from ..push.cert import (PushCertError, create_vendor_request, generate_csr, install_certificate,
+                         open_signing_service_reply, pending_request, submit_to_signing_service)
 from ..scheduler import registered_jobs
 from ..unit_of_work import edge
 from .responses import redirect_after_change

@@ -8,7 +8,7 @@ from pathlib import Path
 from playwright.sync_api import expect
 
 from mdm.models import Command
-from test_ui_support import add_devices, iphone
+from ui_support import add_devices, iphone
 
 
 def erase_commands(app) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from playwright.sync_api import expect
 
 from test_browser_admin import enroll_simulated_iphones, sign_in
-from test_ui_support import load_current_catalog
+from ui_support import load_current_catalog
 
 
 def test_enforcement_policy_in_chromium(live_server, browser):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from mdm import pushcert
+from mdm.push import cert as pushcert
 from mdm.enroll.pki import create_ca
-from tests.pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor, pem
+from pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor, pem
 
 from test_browser_admin import shot, sign_in  # noqa: E402  (same folder)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from test_ui_support import add_devices, iphone, load_current_catalog
+from ui_support import add_devices, iphone, load_current_catalog
 
 
 class Problems:

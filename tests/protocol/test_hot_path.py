@@ -1,0 +1,230 @@
+"""The device hot path (issue 12): a check-in that changes nothing writes nothing.
+
+An Idle with an empty queue, from a device seen less than a minute ago, is answered from a read
+transaction: no ``BEGIN IMMEDIATE``, no process writer lock (mdm/extensions.py), no INSERT/UPDATE/DELETE,
+no commit. Everything else takes the write path exactly as before: a waiting command is delivered and
+marked sent, a stale last-seen time is written, and the per-certificate authorisation cache
+(mdm/protocol/certauth.py) never accepts a certificate once its retirement has committed in this process.
+Asserted through SQLAlchemy engine events on the real database (SQLite, and PostgreSQL in the second run).
+"""
+from __future__ import annotations
+
+import plistlib
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event
+
+from mdm.protocol import certauth, queue
+from mdm.extensions import db
+from mdm.models import Command, Device, DeviceCertificate, utcnow
+from test_certauth import DeviceIdentity, app, client  # noqa: F401  (shared fixtures)
+
+
+class Recorder:
+    """Every statement, transaction begin and commit on the app's engine made by the request under test
+    (the test's own thread: the test client runs the request in it; background work such as the push
+    sender is not the request's), and whether the writer lock was held while a statement ran."""
+
+    def __init__(self, app):
+        self.thread = threading.get_ident()
+        with app.app_context():
+            self.engine = db.engine
+        self.statements: list[str] = []
+        self.begins = 0
+        self.commits = 0
+        self.locked_statements = 0
+        event.listen(self.engine, "before_cursor_execute", self._statement)
+        event.listen(self.engine, "begin", self._begin)
+        event.listen(self.engine, "commit", self._commit)
+
+    def _statement(self, conn, cursor, statement, parameters, context, executemany):
+        if threading.get_ident() != self.thread:
+            return
+        self.statements.append(statement.strip().split()[0].upper() + " " + statement.strip()[:80])
+        if conn.info.get("mdm_writer_lock") is not None:
+            self.locked_statements += 1
+
+    def reset(self):
+        self.statements.clear()
+        self.begins = self.commits = self.locked_statements = 0
+
+    def _begin(self, conn):
+        if threading.get_ident() == self.thread:
+            self.begins += 1
+
+    def _commit(self, conn):
+        if threading.get_ident() == self.thread:
+            self.commits += 1
+
+    def writes(self) -> list[str]:
+        return [s for s in self.statements
+                if s.split()[0] in ("INSERT", "UPDATE", "DELETE") or "IMMEDIATE" in s.upper()]
+
+    def close(self):
+        event.remove(self.engine, "before_cursor_execute", self._statement)
+        event.remove(self.engine, "begin", self._begin)
+        event.remove(self.engine, "commit", self._commit)
+
+
+@pytest.fixture
+def recorder(app):
+    rec = Recorder(app)
+    yield rec
+    rec.close()
+
+
+def drain(ident, client) -> None:
+    """Answer every waiting command (the enrollment's DeviceInformation, SecurityInfo, ProfileList)."""
+    response = ident.connect(client)
+    while response.data:
+        uuid = plistlib.loads(response.data)["CommandUUID"]
+        response = ident.connect(client, "Acknowledged", CommandUUID=uuid)
+
+
+@pytest.fixture
+def enrolled(app, client):
+    ident = DeviceIdentity(app)
+    ident.enroll(client)
+    drain(ident, client)
+    return ident
+
+
+def last_seen(app, udid):
+    with app.app_context():
+        return Device.query.filter_by(udid=udid).one().last_seen_at
+
+
+def set_last_seen(app, udid, value):
+    with app.app_context():
+        Device.query.filter_by(udid=udid).one().last_seen_at = value
+        db.session.commit()
+
+
+def test_idle_with_empty_queue_opens_no_write_transaction(app, client, enrolled, recorder):
+    seen = last_seen(app, enrolled.udid)
+    recorder.reset()
+    for _ in range(3):
+        response = enrolled.connect(client)
+        assert response.status_code == 200 and response.data == b""
+    assert recorder.writes() == []
+    assert recorder.commits == 0
+    assert recorder.locked_statements == 0
+    assert recorder.statements, "the read path still reads (queue and last-seen time)"
+    assert last_seen(app, enrolled.udid) == seen
+
+
+def test_idle_from_a_user_channel_writes_nothing(app, client, enrolled, recorder):
+    response = enrolled.connect(client, UserID="A1B2C3D4-0000-0000-0000-000000000001")
+    assert response.status_code == 200 and response.data == b""
+    assert recorder.writes() == [] and recorder.commits == 0
+
+
+def test_idle_with_a_waiting_command_delivers_it_and_marks_it_sent(app, client, enrolled, recorder):
+    with app.app_context():
+        device = Device.query.filter_by(udid=enrolled.udid).one()
+        command = queue.enqueue(device, "DeviceInformation", push=False)
+        db.session.commit()
+        uuid = command.uuid
+    recorder.reset()
+    response = enrolled.connect(client)
+    assert plistlib.loads(response.data)["CommandUUID"] == uuid
+    assert recorder.commits == 1 and any(s.startswith("UPDATE") for s in recorder.writes())
+    with app.app_context():
+        assert Command.query.filter_by(uuid=uuid).one().status == "sent"
+    # At least once: not answered, so the next Idle offers it again.
+    assert plistlib.loads(enrolled.connect(client).data)["CommandUUID"] == uuid
+
+
+def test_idle_writes_a_last_seen_time_older_than_a_minute(app, client, enrolled, recorder):
+    old = utcnow() - timedelta(seconds=Device.LAST_SEEN_RESOLUTION_SECONDS + 5)
+    set_last_seen(app, enrolled.udid, old)
+    recorder.reset()
+    assert enrolled.connect(client).status_code == 200
+    assert recorder.commits == 1
+    assert last_seen(app, enrolled.udid) > old
+    recorder.reset()
+    assert enrolled.connect(client).status_code == 200     # fresh again: a read
+    assert recorder.writes() == [] and recorder.commits == 0
+
+
+def test_retired_certificate_is_refused_at_once_although_it_was_cached(app, client, enrolled):
+    assert enrolled.connect(client).status_code == 200     # cached as bound
+    reinstalled = DeviceIdentity(app, enrolled.udid)        # re-enrollment: new certificate, old retired
+    assert reinstalled.checkin(client, "Authenticate").status_code == 200
+    response = enrolled.connect(client)
+    assert response.status_code == 400 and b"replaced by a newer one" in response.data
+    assert reinstalled.checkin(client, "TokenUpdate").status_code == 200
+    drain(reinstalled, client)
+    assert reinstalled.connect(client).status_code == 200
+    assert enrolled.connect(client).status_code == 400
+
+
+def test_renewed_certificate_retires_its_cached_predecessor(app, client, enrolled):
+    assert enrolled.connect(client).status_code == 200     # cached as bound
+    renewed = DeviceIdentity(app, enrolled.udid, renewed_from=enrolled)
+    assert renewed.connect(client).status_code == 200      # first use binds it, retires the predecessor
+    response = enrolled.connect(client)
+    assert response.status_code == 400 and b"replaced by a newer one" in response.data
+    assert renewed.connect(client).status_code == 200
+
+
+def test_cached_certificate_does_not_speak_for_another_device(app, client, enrolled):
+    other = DeviceIdentity(app)
+    other.enroll(client)
+    assert enrolled.connect(client).status_code == 200     # cached as bound to its own device
+    body = plistlib.dumps({"UDID": other.udid, "Status": "Idle"}, fmt=plistlib.FMT_XML)
+    response = enrolled.put(client, "/mdm/connect", body)
+    assert response.status_code == 400 and b"bound to another device" in response.data
+
+
+def test_deleted_device_is_refused_although_its_certificate_was_cached(app, client, enrolled):
+    assert enrolled.connect(client).status_code == 200     # cached as bound
+    with app.app_context():
+        device = Device.query.filter_by(udid=enrolled.udid).one()
+        DeviceCertificate.query.filter_by(device_id=device.id).delete()
+        Command.query.filter_by(device_id=device.id).delete()
+        db.session.delete(device)
+        db.session.commit()
+    response = enrolled.connect(client)
+    assert response.status_code == 400
+
+
+def test_authorize_reads_certificate_binding_and_device_in_one_query(app, enrolled):
+    identity = certauth.Identity(enrolled.cert, certauth.fingerprint(enrolled.cert), "signature")
+    rec = Recorder(app)
+    try:
+        with app.app_context():
+            device = certauth.authorize(identity, enrolled.udid, enrolling=False)
+            assert device.udid == enrolled.udid
+            db.session.rollback()
+    finally:
+        rec.close()
+    assert len([s for s in rec.statements if s.startswith("SELECT")]) == 1
+
+
+def test_cache_is_out_of_use_while_a_retirement_commits(app, client, enrolled):
+    """Between the database commit of a retirement and the end of its transaction no request of this
+    process may take the cached 'bound' answer: at the DBAPI commit the cache is out of use and empty."""
+    assert enrolled.connect(client).status_code == 200     # cached as bound
+    old = certauth.fingerprint(enrolled.cert)
+    assert old in certauth._auth_cache
+    seen = []
+    with app.app_context():
+        engine = db.engine
+
+    def at_commit(conn):
+        seen.append((certauth._commits_in_flight, old in certauth._auth_cache))
+    event.listen(engine, "commit", at_commit)
+    try:
+        reinstalled = DeviceIdentity(app, enrolled.udid)
+        seen.clear()
+        assert reinstalled.checkin(client, "Authenticate").status_code == 200
+    finally:
+        event.remove(engine, "commit", at_commit)
+    assert seen and seen[-1] == (1, False)
+    assert certauth._commits_in_flight == 0
+    assert enrolled.connect(client).status_code == 400
+    assert reinstalled.checkin(client, "TokenUpdate").status_code == 200
+    assert reinstalled.connect(client).status_code == 200    # the cache works again afterwards
