@@ -1,21 +1,22 @@
-"""Shared fixtures: an app with its own database and PKI, a real HTTPS server, simple helpers."""
+"""The fixtures, all of them (tests/support/ holds the plain helpers they use): an app with its own
+database and PKI (``app``, or ``app_factory`` for several), its test client, the real HTTPS server
+(``live_server``), Chromium (``browser``), scheduler child processes and Apple's push CA chain.
+
+A test module that needs other settings for its ``app`` says so with a marker instead of redefining the
+fixture: ``pytestmark = pytest.mark.app_settings(ENROLL_FAILURES_PER_MINUTE=5)``.
+"""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 
-from mdm import create_app
-from mdm.extensions import db
-from server_process import ServerProcess, free_port  # noqa: F401  (free_port: imported by test modules)
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "real-devices"
-FEEDS = SHARED / "feeds"
+import apps
+import device_identity
+from ddm_kit import load_snapshot_as_of_today
+from pushcert_kit import make_apple_chain
+from server_process import ServerProcess, free_port
 
 
 @pytest.fixture(scope="session")
@@ -27,138 +28,43 @@ def pki_template(tmp_path_factory):
     return certs
 
 
-def plain_key_file(app, name: str, dest: Path) -> str:
-    """Private keys in CERTS_DIR are sealed; test servers that need one as a file get an opened copy."""
-    import os
-    from mdm.enroll.pki import read_private_key_pem
-    from mdm.secrets import get_box
-    path = Path(dest) / f"{name}.plain"
-    path.write_bytes(read_private_key_pem(Path(app.config["CERTS_DIR"]) / name, get_box(app)))
-    os.chmod(path, 0o600)
-    return str(path)
-
-
-
-
-# ---------------------------------------------------------------- the database under test
-# SQLite (a file in tmp_path) unless MDM_TEST_POSTGRES_URL names a PostgreSQL server's maintenance
-# database (``postgresql+psycopg://user@/postgres?host=/socket/dir``, as test.sh's second run sets it):
-# then every app gets a fresh database, copied from a template that the migrations built once per
-# session, and dropped after its test.
-POSTGRES_URL = os.environ.get("MDM_TEST_POSTGRES_URL", "")
-_postgres = {"template": None, "created": []}
-
-
-def _postgres_admin():
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-    return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-
-
-def _postgres_url(database: str) -> str:
-    from sqlalchemy.engine import make_url
-    return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
-
-
-def _postgres_template(pki_template: Path) -> str:
-    """A database the migrations ran on, created once per session: CREATE DATABASE ... TEMPLATE copies
-    it in a few milliseconds instead of running every migration for every test."""
-    if _postgres["template"]:
-        return _postgres["template"]
-    name = f"mdm_template_{os.getpid()}"
-    engine = _postgres_admin()
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine.dispose()
-    import tempfile
-    with tempfile.TemporaryDirectory() as scratch:
-        shutil.copytree(pki_template, Path(scratch) / "certs")
-        app = create_app({"TESTING": True, "DATABASE_URL": _postgres_url(name), "CERTS_DIR": f"{scratch}/certs",
-                          "SCHEDULER_ENABLED": False, "SERVER_URL": "https://localhost:8443"},
-                         instance_path=scratch)
-        with app.app_context():
-            from mdm.ops.dbsetup import init_db
-            init_db()
-            db.session.remove()
-            db.engine.dispose()
-    _postgres["template"] = name
-    return name
-
-
-def database_url(tmp_path: Path, pki_template: Path) -> str:
-    """The database of the app built in ``tmp_path``; the same one when ``make_app`` runs again there
-    (a second process on the same deployment)."""
-    if not POSTGRES_URL:
-        return f"sqlite:///{tmp_path / 'mdm.db'}"
-    marker = tmp_path / "postgres-database"
-    if marker.exists():
-        return _postgres_url(marker.read_text())
-    template = _postgres_template(pki_template)
-    name = f"mdm_test_{uuid.uuid4().hex[:16]}"
-    engine = _postgres_admin()
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    engine.dispose()
-    _postgres["created"].append(name)
-    marker.write_text(name)
-    return _postgres_url(name)
-
-
 @pytest.fixture(autouse=True)
 def _drop_postgres_databases():
-    """Drop the databases a test created, after its app fixtures have closed their engines (FORCE ends
-    what a test left connected: a subprocess, a server thread)."""
+    """Drop the databases a test created, after its app fixtures have closed their engines."""
     yield
-    if not POSTGRES_URL:
-        return
-    created, _postgres["created"] = _postgres["created"], []
-    if created:
-        engine = _postgres_admin()
-        with engine.connect() as conn:
-            for name in created:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        engine.dispose()
+    apps.drop_created_databases()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_postgres_template():
     yield
-    if POSTGRES_URL and _postgres["template"]:
-        engine = _postgres_admin()
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{_postgres["template"]}" WITH (FORCE)')
-        engine.dispose()
-
-
-def make_app(tmp_path: Path, pki_template: Path, **overrides):
-    certs = tmp_path / "certs"
-    if not certs.exists():
-        shutil.copytree(pki_template, certs)
-    config = {
-        "TESTING": True,
-        "SERVER_URL": overrides.pop("SERVER_URL", "https://localhost:8443"),
-        "CERTS_DIR": str(certs),
-        "DATABASE_URL": database_url(tmp_path, pki_template),
-        "SCHEDULER_ENABLED": False,
-        "ORGANIZATION": "Test Org",
-    }
-    config.update(overrides)
-    (tmp_path / "instance").mkdir(exist_ok=True)
-    app = create_app(config, instance_path=str(tmp_path / "instance"))
-    with app.app_context():
-        from mdm.ops.bootstrap import initialise
-        initialise()
-    return app
+    apps.drop_template()
 
 
 @pytest.fixture
-def app(tmp_path, pki_template):
-    app = make_app(tmp_path, pki_template)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+def app_factory(tmp_path, pki_template):
+    """``app_factory(**settings)``: an initialised app in this test's folder (tests/support/apps.py); a
+    second call is a second process of the same deployment. Every app made is closed after the test."""
+    made = []
+
+    def make(**settings):
+        app = apps.make_app(tmp_path, pki_template, **settings)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        apps.dispose(app)
+
+
+@pytest.fixture
+def app(request, app_factory):
+    """The app under test (settings from the module's or test's ``app_settings`` marker); check-in
+    messages (``device_identity.checkin_message``) carry its push topic."""
+    marker = request.node.get_closest_marker("app_settings")
+    app = app_factory(**(marker.kwargs if marker else {}))
+    device_identity.use_topic_of(app)
+    return app
 
 
 @pytest.fixture
@@ -167,7 +73,16 @@ def client(app):
 
 
 @pytest.fixture
-def live_server_factory(tmp_path, pki_template):
+def snapshot_as_of_today(request):
+    """For a module's ``pytestmark = pytest.mark.usefixtures("snapshot_as_of_today")``: a test's ``app``
+    (when it has one) holds Apple's packaged feed snapshot as if fetched today (ddm_kit.py)."""
+    if "app" in request.fixturenames:
+        with request.getfixturevalue("app").app_context():
+            load_snapshot_as_of_today()
+
+
+@pytest.fixture
+def live_server_factory(tmp_path, app_factory):
     """Start the real production server (``python -m mdm.run``: granian, TLS with our CA) in a child
     process on a free port, sharing the test app's instance, certificates and database. Keyword
     arguments are settings given to both the server and its ``.app`` (the test's side); ``serve``
@@ -176,7 +91,7 @@ def live_server_factory(tmp_path, pki_template):
 
     def start(*, serve: str | None = None, **config):
         port = free_port()
-        app = make_app(tmp_path, pki_template, SERVER_URL=f"https://localhost:{port}", **config)
+        app = app_factory(SERVER_URL=f"https://localhost:{port}", **config)
         settings = {"INSTANCE_PATH": app.instance_path, "CERTS_DIR": app.config["CERTS_DIR"],
                     "DATABASE_URL": app.config["DATABASE_URL"], "ORGANIZATION": app.config["ORGANIZATION"],
                     **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}}
@@ -190,9 +105,6 @@ def live_server_factory(tmp_path, pki_template):
     yield start
     for server in started:
         server.stop()
-        with server.app.app_context():
-            db.session.remove()
-            db.engine.dispose()
 
 
 @pytest.fixture
@@ -218,3 +130,21 @@ def browser():
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# ---------------------------------------------------------------- scheduler processes, Apple's push CA
+
+@pytest.fixture
+def children():
+    """Scheduler child processes (``scheduler_kit.Child``) a test starts; killed after it."""
+    started = []
+    yield started
+    for child in started:
+        if child.process.poll() is None:
+            child.kill()
+
+
+@pytest.fixture(scope="session")
+def apple_chain():
+    """A stand-in for Apple's root and WWDR intermediate (tests/support/pushcert_kit.py)."""
+    return make_apple_chain()

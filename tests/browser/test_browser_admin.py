@@ -6,16 +6,13 @@ Screenshots for the README: ``UPDATE_SCREENSHOTS=1 pytest tests/browser`` writes
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 from playwright.sync_api import expect
 
+from browser_pages import shot, sign_in
 from ui_support import load_current_catalog
-
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 def enroll_simulated_iphones(server, names) -> None:
@@ -28,22 +25,6 @@ def enroll_simulated_iphones(server, names) -> None:
         device.enroll(url)
         device.connect()
         device.close()
-
-
-def shot(page, name: str, tmp_path: Path, full_page: bool = False) -> None:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, SCREENSHOTS / f"{name}.png")
-
-
-def sign_in(page, base: str | None, username: str, password: str) -> None:
-    if base:
-        page.goto(base + "/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button:has-text('Sign in')")
 
 
 def test_admin_journey_in_chromium(live_server, browser, tmp_path):

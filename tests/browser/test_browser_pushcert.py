@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from browser_pages import shot, sign_in
 from mdm.push import cert as pushcert
 from mdm.enroll.pki import create_ca
-from pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor, pem
-
-from test_browser_admin import shot, sign_in  # noqa: E402  (same folder)
+from pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_vendor, pem
 
 
 def download(page, button_selector: str, tmp_path: Path, name: str) -> bytes:
@@ -27,11 +26,6 @@ def download(page, button_selector: str, tmp_path: Path, name: str) -> bytes:
     info.value.save_as(path)
     assert info.value.suggested_filename == "push-request.b64"
     return path.read_bytes()
-
-
-@pytest.fixture
-def apple_chain():
-    return make_apple_chain()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FEEDS, plain_key_file
+from apps import FEEDS, plain_key_file
 from mdm.extensions import db
 
 FEED_2024 = json.loads((FEEDS / "gdmf-pmv-2024-09-20-sample.json").read_text())

@@ -9,6 +9,7 @@ import plistlib
 import pytest
 
 from appleschema import Context, validate_command, validate_declaration, validate_profile, validate_protocol
+from ddm_kit import Clock, load_snapshot_as_of_today
 from mdm.ddm import declarations as decl
 from mdm.ddm.policies import bind_policy, create_policy, delete_policy, update_policy
 from mdm.ddm.protocol import handle_declarative_management
@@ -21,20 +22,8 @@ RING = {"name": "Ring", "deferral_days": 3, "enforce": True, "grace_days": 7, "l
         "details_url": "https://it.example.com/ios"}
 
 
-@pytest.fixture
-def app(app):
-    """The app with Apple's feed snapshot shifted so its newest releases were posted days ago (the
-    snapshot was fetched 2026-08-22; unshifted, its releases expire)."""
-    with app.app_context():
-        load_current_catalog()
-    return app
-
-
-def load_current_catalog():
-    from mdm.ddm.catalog import SNAPSHOT_PATH, apply_feed, load_feed_file, shift_feed
-    days = (dt.date.today() - dt.date(2026, 8, 22)).days
-    apply_feed(shift_feed(load_feed_file(SNAPSHOT_PATH), days), "test: snapshot shifted to today")
-    db.session.commit()
+# a test's ``app`` holds Apple's feed snapshot as if fetched today (unshifted, its releases expire)
+pytestmark = pytest.mark.usefixtures("snapshot_as_of_today")
 
 
 def make_device(udid="DDM-1", os_version="18.0", supervised=True, product="iPhone15,2", enrolled=True):
@@ -213,14 +202,6 @@ def test_ios17_deferral_goes_in_a_restrictions_profile_installed_updated_and_rem
 
 
 # ---- the simulator's DDM client through the real server ------------------------------------------------
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 def test_simulated_device_syncs_reports_and_installs_at_the_deadline(live_server):
     from mdm.ddm.results import results_for_policy
     from mdm.enroll.tokens import create_token, enrollment_url
@@ -228,7 +209,7 @@ def test_simulated_device_syncs_reports_and_installs_at_the_deadline(live_server
     from mdm.simulator import ddm as sim
 
     with live_server.app.app_context():
-        load_current_catalog()
+        load_snapshot_as_of_today()
         url = enrollment_url(create_token(description="ddm", expires_in_days=1, max_uses=5, created_by="test"))
     clock = Clock(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     device = SimulatedDevice(live_server.url, live_server.ca_file, profile=DeviceProfile(os_version="18.0"),

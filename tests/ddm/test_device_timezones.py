@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from appleschema import Context, load, validate_command, validate_command_response, validate_declaration
+from device_identity import DeviceIdentity
 from mdm.accounts import Role
 from mdm.ddm import declarations as decl
 from mdm.ddm.models import DevicePatchTarget, PolicyBinding
@@ -25,8 +26,6 @@ from mdm.ddm.results import deadline_within, evaluate
 from mdm.ddm.state_models import DeclarationSet, DeviceStatus, PolicyResult
 from mdm.extensions import db
 from mdm.models import Command, Device
-from test_certauth import app, client  # noqa: F401  (the protocol app and its client)
-from test_certauth import DeviceIdentity
 from ui_support import HTTPS, make_token, signed_in
 
 NOW = dt.datetime(2027, 1, 10, 12, 0)          # the fixed clock: winter, New York is UTC-5

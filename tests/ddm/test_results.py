@@ -103,14 +103,8 @@ def make_device(udid, product="iPhone15,2", os_version="18.0", time_zone=None):
     return d
 
 
-@pytest.fixture
-def app(app):
-    from mdm.ddm.catalog import SNAPSHOT_PATH, apply_feed, load_feed_file, shift_feed
-    with app.app_context():
-        days = (dt.date.today() - dt.date(2026, 8, 22)).days
-        apply_feed(shift_feed(load_feed_file(SNAPSHOT_PATH), days), "test: snapshot shifted to today")
-        db.session.commit()
-    return app
+# a test's ``app`` holds Apple's feed snapshot as if fetched today (unshifted, its releases expire)
+pytestmark = pytest.mark.usefixtures("snapshot_as_of_today")
 
 
 def test_results_for_a_policy_cover_mixed_groups_and_conflicts_with_history(app):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from appleschema import validate_protocol
-from conftest import FIXTURES
+from apps import FIXTURES
 from mdm.ddm import status as intake
 from mdm.ddm.protocol import handle_declarative_management
 from mdm.ddm.state_models import DeviceStatus, StatusReport

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import FEEDS
+from apps import FEEDS
 from mdm.extensions import db
 from mdm.models import Device
 

@@ -205,16 +205,6 @@ def test_sigkill_at_several_moments_loses_nothing_that_was_answered(server):
 
 # --- bulk enqueue: all or nothing ----------------------------------------------------------------------------
 
-@pytest.fixture
-def app(tmp_path, pki_template):
-    from conftest import make_app
-    app = make_app(tmp_path, pki_template)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-
-
 def _devices(app, *supervised: bool) -> list[int]:
     with app.app_context():
         rows = [Device(udid=f"BULK-{i}", product_name="iPhone15,2", os_version="17.5", build_version="21F79",

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from appleschema import Context, load, validate_keys, validate_protocol
+from ddm_kit import load_snapshot_as_of_today
 
-from mdm.ddm.catalog import SNAPSHOT_PATH, apply_feed, load_feed_file, parse_feed, shift_feed
+from mdm.ddm.catalog import SNAPSHOT_PATH, load_feed_file, parse_feed
 from mdm.ddm.groups import add_devices, create_group
 from mdm.ddm.policies import bind_policy
 from mdm.ddm.results import results_for_policy
 from mdm.ddm.rings import load_default_rings
 from mdm.enroll.tokens import create_token, enrollment_url
-from mdm.extensions import db
 from mdm.simulator.device import DeviceProfile
 from mdm.simulator.live import enroll_live_fleet
 from mdm.simulator.mix import FAILURE_REASON, MODELS, TIME_ZONES, Behaviour, fleet_mix, versions_for
@@ -36,13 +36,6 @@ MOVED_ON = {"Scheduled", "Downloading", "Prepared", "Installing", "Compliant", "
 SPEED = 20_000
 POLL_SECONDS = (0.2, 0.5)
 MAX_POLLS = 200
-
-
-def load_current_catalog():
-    """The packaged snapshot (fetched 2026-08-22) moved to today, as feeds/README.md suggests for tests."""
-    apply_feed(shift_feed(load_feed_file(SNAPSHOT_PATH), (dt.date.today() - dt.date(2026, 8, 22)).days),
-               "test: snapshot shifted to today")
-    db.session.commit()
 
 
 def status_item_problems(report: dict, os_version: str, supervised: bool) -> list[str]:
@@ -70,7 +63,7 @@ def status_item_problems(report: dict, os_version: str, supervised: bool) -> lis
 def test_kept_running_fleet_moves_past_pending_installs_and_reports_a_failure(live_server):
     app = live_server.app
     with app.app_context():
-        load_current_catalog()
+        load_snapshot_as_of_today()
         vanguard = next(r for r in load_default_rings(actor="test") if r.ring == "Vanguard")
         group_id = create_group("Demo fleet", actor="test").id
         bind_policy(vanguard.policy_id, groups=[group_id], actor="test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ddm_kit import Clock, load_snapshot_as_of_today
 from mdm.ddm.groups import add_devices, create_group
 from mdm.ddm.policies import bind_policy
 from mdm.ddm.results import results_for_policy
@@ -12,7 +13,6 @@ from mdm.ddm.rings import load_default_rings
 from mdm.enroll.tokens import create_token, enrollment_url
 from mdm.simulator import DeviceProfile, SimulatedDevice
 from mdm.simulator import ddm as sim
-from test_ddm_protocol import Clock, load_current_catalog
 
 # Two devices per ring: iOS 17 (deferral through a restrictions profile) and iOS 18 (settings declaration).
 PROFILES = [DeviceProfile("iPhone15,2", "17.5"), DeviceProfile("iPad13,18", "18.0")]
@@ -21,7 +21,7 @@ PROFILES = [DeviceProfile("iPhone15,2", "17.5"), DeviceProfile("iPad13,18", "18.
 def test_default_rings_bound_to_groups_bring_every_device_to_compliant(live_server):
     app = live_server.app
     with app.app_context():
-        load_current_catalog()
+        load_snapshot_as_of_today()
         rings = load_default_rings(actor="test")
         assert [r.ring for r in rings] == ["Vanguard", "Early Adoption", "General Adoption", "Late Adoption"]
         assert load_default_rings(actor="test") and all(

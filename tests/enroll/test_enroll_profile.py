@@ -20,6 +20,7 @@ from mdm.extensions import db
 from mdm.models import AuditEvent, EnrollmentToken, ScepChallenge, utcnow
 
 from appleschema import Context, validate_profile
+from refusals import assert_refused
 
 PROFILE_MIMETYPE = "application/x-apple-aspen-config"
 
@@ -152,10 +153,10 @@ def test_ca_certificate_is_published_as_pem(app, client):
 
 
 def assert_refused_without_profile(app, response, status: int):
-    assert response.status_code == status
+    """``assert_refused`` with no challenge stored, and no profile in a plain-text answer."""
+    assert_refused(app, response, status, before={"scep_challenges": 0})
     assert response.mimetype == "text/plain"
     assert b"<plist" not in response.data and b"PayloadContent" not in response.data
-    assert count(app, ScepChallenge) == 0
 
 
 def test_unknown_token_is_404_and_stores_nothing(app, client):

@@ -26,11 +26,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from device_identity import sign_cryptography
 from mdm.protocol import certauth, queue
 from mdm.enroll import scep_client, tokens
 from mdm.extensions import db
 from mdm.models import AuditEvent, Command, Device, DeviceCertificate
-from test_certauth import sign_cryptography
 
 SCEPCLIENT = shutil.which("scepclient")
 ORG = "Test Org"
@@ -196,7 +196,7 @@ def test_same_subject_alone_never_binds(live_server, tmp_path):
     renewal: only a RenewalReq signed by the bound certificate is."""
     victim = enroll_device(live_server, tmp_path / "victim")
     before = snapshot(live_server, victim.udid)
-    from test_certauth import DeviceIdentity
+    from device_identity import DeviceIdentity
     twin = DeviceIdentity(live_server.app, victim.udid, subject_cn=victim.cert.subject.get_attributes_for_oid(
         NameOID.COMMON_NAME)[0].value)
     impostor = LiveDevice(live_server, victim.udid, twin.key, twin.cert)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from apps import database_url, make_app
 from mdm import create_app
 from mdm.extensions import db
 from mdm.models import Command, Device
 from mdm.simulator import SimulatedDevice
-from server_process import ServerProcess
-from tests.conftest import database_url, free_port, make_app
+from server_process import ServerProcess, free_port
 
 
 def _enrollment_url(app):

@@ -4,11 +4,11 @@ engine is configured for a server database."""
 import pytest
 from sqlalchemy import text
 
-from conftest import POSTGRES_URL
+from apps import POSTGRES_URL
 from mdm import create_app
 from mdm.extensions import db, normalise_database_url
 from mdm.scheduler import ADVISORY_LOCK_KEY, start_scheduler, stop_scheduler
-from test_scheduler import Child, children  # noqa: F401  (fixture)
+from scheduler_kit import Child
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="needs MDM_TEST_POSTGRES_URL (test.sh's PostgreSQL run)")
 

@@ -1,59 +1,15 @@
 """Exactly one scheduler per deployment, and jobs that catch up once after downtime."""
 import datetime as dt
-import json
-import os
-import queue
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
-
-import pytest
 
 from mdm.extensions import db
 from mdm.models import SchedulerJobRun
 from mdm.scheduler import _first_run, job_id, start_scheduler, stop_scheduler
-
-HERE = Path(__file__).resolve().parents[1] / "support"   # scheduler_child.py
-
-
-class Child:
-    """A separate OS process of the same deployment (tests/support/scheduler_child.py), read line by line."""
-
-    def __init__(self, app, instance_path=None, **config):
-        config = {"CERTS_DIR": app.config["CERTS_DIR"], "DATABASE_URL": app.config["DATABASE_URL"],
-                  "instance_path": str(instance_path or app.instance_path), "SCHEDULER_LOCK_RETRY_SECONDS": 0.2,
-                  **config}
-        env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
-        self.process = subprocess.Popen([sys.executable, str(HERE / "scheduler_child.py"), json.dumps(config)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def next_line(self, timeout=60):
-        return self.lines.get(timeout=timeout)
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def children():
-    started = []
-    yield started
-    for child in started:
-        if child.process.poll() is None:
-            child.kill()
-
+from scheduler_kit import Child
 
 def test_second_process_does_not_start_a_scheduler(app):
     scheduler = start_scheduler(app, jobs=[])

@@ -103,7 +103,7 @@ def test_database_dump_contains_no_private_key(app):
 def test_operator_key_from_environment_is_used(tmp_path, pki_template, monkeypatch):
     key = os.urandom(32).hex()
     monkeypatch.setenv("MDM_SECRETS_KEY", key)
-    from tests.conftest import make_app
+    from apps import make_app
     app = make_app(tmp_path, pki_template)
     assert not (Path(app.instance_path) / "secrets.key").exists()
     sealed = (Path(app.config["CERTS_DIR"]) / "ca.key").read_bytes()
@@ -167,7 +167,7 @@ def test_mdm_run_refuses_to_start_with_a_missing_or_wrong_key(tmp_path, pki_temp
 
 def test_a_plaintext_push_key_from_an_earlier_install_is_sealed_too(tmp_path, pki_template):
     from mdm.enroll.pki import new_key, private_key_pem
-    from tests.conftest import make_app
+    from apps import make_app
     shutil.copytree(pki_template, tmp_path / "certs")
     key = new_key()
     (tmp_path / "certs" / "push.key.pending").write_bytes(private_key_pem(key))

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apps import make_app
 from server_process import ServerProcess
-from tests.conftest import make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 64 * 1024

@@ -8,12 +8,11 @@ import plistlib
 import pytest
 
 from appleschema import Context, validate_checkin, validate_protocol
+from device_identity import DeviceIdentity, checkin_message
 from mdm.extensions import db
 from mdm.models import Command, Device
 from mdm.signals import device_checked_out, device_enrolled, device_facts_changed
-from test_certauth import app, client  # noqa: F401  (shared fixtures)
-from test_certauth import (DeviceIdentity, auth_failures, checkin_message, make_protocol_app,  # noqa: F401
-                           stored_counts)
+from refusals import NOTHING_STORED, assert_refused, auth_failures, stored_counts
 
 
 
@@ -231,31 +230,27 @@ def test_unknown_message_type_is_400(app, client, ident):
 
 # --- bad input: 400/413, nothing stored ----------------------------------------------------------------------
 
-def _refused(app, response, status, reason):
-    assert response.status_code == status, response.data
-    assert reason in response.get_data(as_text=True)
-    assert stored_counts(app) == {"devices": 0, "bindings": 0, "commands": 0}
-
-
 def test_not_a_plist_is_400(app, client, ident):
-    _refused(app, ident.put(client, "/mdm/checkin", b"MessageType=Authenticate"), 400, "not an XML property list")
+    assert_refused(app, ident.put(client, "/mdm/checkin", b"MessageType=Authenticate"), 400,
+                   "not an XML property list", NOTHING_STORED)
 
 
 def test_binary_plist_is_400(app, client, ident):
     body = plistlib.dumps(checkin_message(ident.udid, "Authenticate"), fmt=plistlib.FMT_BINARY)
-    _refused(app, ident.put(client, "/mdm/checkin", body), 400, "binary plist")
+    assert_refused(app, ident.put(client, "/mdm/checkin", body), 400, "binary plist", NOTHING_STORED)
 
 
 def test_entities_are_400(app, client, ident):
     body = (b'<?xml version="1.0"?><!DOCTYPE plist [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]>'
             b'<plist version="1.0"><dict><key>MessageType</key><string>&b;</string></dict></plist>')
-    _refused(app, ident.put(client, "/mdm/checkin", body), 400, "entity declarations are not allowed")
+    assert_refused(app, ident.put(client, "/mdm/checkin", body), 400, "entity declarations are not allowed",
+                   NOTHING_STORED)
 
 
 def test_doctype_internal_subset_is_400(app, client, ident):
     body = (b'<?xml version="1.0"?><!DOCTYPE plist [ <!ELEMENT plist ANY> ]>'
             b'<plist version="1.0"><dict><key>MessageType</key><string>Authenticate</string></dict></plist>')
-    _refused(app, ident.put(client, "/mdm/checkin", body), 400, "internal subset")
+    assert_refused(app, ident.put(client, "/mdm/checkin", body), 400, "internal subset", NOTHING_STORED)
 
 
 @pytest.mark.parametrize("changes, reason", [
@@ -275,7 +270,7 @@ def test_authenticate_with_missing_keys_or_wrong_types_is_400(app, client, ident
             message.pop(key)
         else:
             message[key] = value
-    _refused(app, ident.put(client, "/mdm/checkin", message), 400, reason)
+    assert_refused(app, ident.put(client, "/mdm/checkin", message), 400, reason, NOTHING_STORED)
 
 
 @pytest.mark.parametrize("changes, reason", [
@@ -303,7 +298,7 @@ def test_token_update_with_bad_keys_is_400_and_changes_nothing(app, client, iden
 def test_oversized_body_is_413_before_reading(app, client, ident):
     limit = app.config["MAX_CHECKIN_BYTES"]
     message = checkin_message(ident.udid, "Authenticate", DeviceName="x" * (limit + 10))
-    _refused(app, ident.put(client, "/mdm/checkin", message), 413, "exceeds the limit")
+    assert_refused(app, ident.put(client, "/mdm/checkin", message), 413, "exceeds the limit", NOTHING_STORED)
     assert auth_failures(app) == []   # refused before authentication was even attempted
 
 
@@ -315,11 +310,11 @@ def test_oversized_chunked_body_is_413(app, client, ident):
     response = client.put("/mdm/checkin", input_stream=io.BytesIO(body),
                           headers={"Mdm-Signature": ident.sign(body), "Transfer-Encoding": "chunked"},
                           environ_overrides={"wsgi.input_terminated": True})
-    _refused(app, response, 413, "exceeds the limit")
+    assert_refused(app, response, 413, "exceeds the limit", NOTHING_STORED)
 
 
 def test_empty_body_is_400(app, client, ident):
-    _refused(app, ident.put(client, "/mdm/checkin", b""), 400, "empty body")
+    assert_refused(app, ident.put(client, "/mdm/checkin", b""), 400, "empty body", NOTHING_STORED)
 
 
 # --- over the production server (cheroot, TLS with our CA) ----------------------------------------------------

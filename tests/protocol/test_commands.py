@@ -8,16 +8,16 @@ import uuid
 
 import pytest
 
+from apps import make_app
 from appleschema import Context, load, validate_command
-from conftest import make_app
+from device_identity import TEST_TOPIC, DeviceIdentity, make_protocol_app
 from mdm.protocol import commands, queue
 from mdm.protocol.commands import CommandError
 from mdm.protocol.commands import device_information
 from mdm.extensions import db
 from mdm.models import AuditEvent, Command, Device
 from mdm.signals import device_facts_changed
-from test_certauth import app, client  # noqa: F401  (shared fixtures)
-from test_certauth import DeviceIdentity, TEST_TOPIC, make_protocol_app, stored_counts  # noqa: F401
+from refusals import stored_counts
 
 
 

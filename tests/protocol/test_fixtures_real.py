@@ -10,13 +10,12 @@ import plistlib
 
 import pytest
 
-from conftest import FIXTURES
+from apps import FIXTURES
+from device_identity import DeviceIdentity, checkin_message
 from mdm.extensions import db
 from mdm.models import Command, Device
 from mdm.protocol.plistio import loads_xml
 from mdm.signals import device_facts_changed
-from test_certauth import app, client  # noqa: F401  (shared fixtures)
-from test_certauth import DeviceIdentity, checkin_message, make_protocol_app
 
 CAPTURED_TOPIC = b"com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9"
 

@@ -19,31 +19,16 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from device_identity import DeviceIdentity, checkin_message, device_key, expired_identity
 from mdm.protocol import plistio
 from mdm.ddm.state_models import DeclarationSet, DeviceStatus, StatusReport
 from mdm.enroll.pki import create_ca, issue_certificate
 from mdm.enroll.tokens import create_token
-from mdm.extensions import db
-from mdm.models import AuditEvent, Command, Device, DeviceCertificate, EnrollmentToken, IssuedCertificate
+from mdm.models import AuditEvent, Command, Device, EnrollmentToken
 from mdm.accounts.throttle import FailureThrottle
-from test_certauth import (DeviceIdentity, checkin_message, device_key, expired_identity,  # noqa: F401
-                           make_protocol_app, sign_cryptography)
+from refusals import assert_refused, every_table
 
-CATCH_ALL = "could not process the message"
-
-
-@pytest.fixture
-def app(tmp_path, pki_template):
-    app = make_protocol_app(tmp_path, pki_template, ENROLL_FAILURES_PER_MINUTE=5)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+pytestmark = pytest.mark.app_settings(ENROLL_FAILURES_PER_MINUTE=5)
 
 
 @pytest.fixture
@@ -53,33 +38,9 @@ def enrolled(app, client):
     return ident
 
 
-def counts(app) -> dict:
-    """Every table a device request may write to, except the audit log (checked separately)."""
-    with app.app_context():
-        return {model.__name__: model.query.count()
-                for model in (Device, DeviceCertificate, Command, IssuedCertificate, EnrollmentToken,
-                              DeviceStatus, StatusReport, DeclarationSet)}
-
-
 def command_states(app) -> list[tuple]:
     with app.app_context():
         return [(c.uuid, c.status, c.response) for c in Command.query.order_by(Command.id)]
-
-
-def assert_refused(app, response, status: int, reason: str, before: dict, caplog, *, secret: str | None = None):
-    """A specific 4xx with the reason, nothing stored, a log line naming the reason, no catch-all, no
-    traceback, and the secret (a signature, a token) in no log line."""
-    assert response.status_code == status, response.data[:300]
-    assert response.status_code != 401 and response.status_code < 500
-    assert reason in response.get_data(as_text=True)
-    assert counts(app) == before
-    messages = [record.getMessage() for record in caplog.records]
-    assert any(reason in m and str(status) in m for m in messages), messages
-    assert not any(CATCH_ALL in m for m in messages), messages
-    assert not any(record.exc_info for record in caplog.records), "a traceback was logged"
-    assert not any(record.levelno >= logging.ERROR for record in caplog.records)
-    if secret:
-        assert not any(secret in m for m in messages)
 
 
 # --- Mdm-Signature: missing, malformed, replayed, foreign ---------------------------------------------------
@@ -103,7 +64,7 @@ def _signature_cases(app, enrolled):
 def test_bad_mdm_signature_is_400_logged_without_the_signature(app, client, enrolled, caplog, case):
     body, cases = _signature_cases(app, enrolled)
     signature, reason = cases[case]
-    before = counts(app)
+    before = every_table(app)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         response = client.put("/mdm/checkin", data=body,
@@ -135,7 +96,7 @@ def test_bad_identity_certificates_on_the_command_endpoint(app, client, enrolled
     else:
         intruder = DeviceIdentity(app)
         intruder.enroll(client)
-    before, states = counts(app), command_states(app)
+    before, states = every_table(app), command_states(app)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         # Claiming the enrolled device's UDID, taking its next command.
@@ -146,7 +107,7 @@ def test_bad_identity_certificates_on_the_command_endpoint(app, client, enrolled
 
 def test_wrong_topic_is_logged(app, client, caplog):
     ident = DeviceIdentity(app)
-    before = counts(app)
+    before = every_table(app)
     with caplog.at_level(logging.INFO):
         response = ident.checkin(client, "Authenticate", Topic="com.apple.mgmt.External.someone-else")
     assert_refused(app, response, 400, "is not this server's push topic", before, caplog)
@@ -183,7 +144,7 @@ UTF16_ENTITIES = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE plist [<!ENT
 ])
 def test_hostile_xml_is_400_and_logged(app, client, caplog, name, body, reason):
     ident = DeviceIdentity(app)
-    before = counts(app)
+    before = every_table(app)
     with caplog.at_level(logging.INFO):
         response = ident.put(client, "/mdm/checkin", body)
     assert_refused(app, response, 400, reason, before, caplog)
@@ -218,7 +179,7 @@ def test_100000_deep_nesting_is_refused_while_parsing_without_recursion(app, cli
             plistio.loads_xml(body)
     finally:
         sys.setrecursionlimit(old_limit)
-    before, states = counts(app), command_states(app)
+    before, states = every_table(app), command_states(app)
     with caplog.at_level(logging.INFO):
         response = enrolled.put(client, "/mdm/connect", body)    # 1.5 MB: within the command endpoint limit
     assert_refused(app, response, 400, "nested too deeply", before, caplog)
@@ -263,7 +224,7 @@ def test_bad_values_in_a_command_result_are_400_and_the_command_stays_open(app, 
                                                                             value_xml, reason):
     command = enrolled.connect(client)                # hands out DeviceInformation: now "sent"
     command_uuid = plistlib.loads(command.data)["CommandUUID"]
-    before, states = counts(app), command_states(app)
+    before, states = every_table(app), command_states(app)
     with caplog.at_level(logging.INFO):
         response = enrolled.put(client, "/mdm/connect", _acknowledge_body(enrolled.udid, command_uuid, value_xml))
     assert_refused(app, response, 400, reason, before, caplog)
@@ -288,7 +249,7 @@ def test_bad_base64_push_token_is_400_and_changes_nothing(app, client, caplog):
     assert ident.checkin(client, "Authenticate").status_code == 200
     body = plistlib.dumps(checkin_message(ident.udid, "TokenUpdate")).replace(
         base64.b64encode(bytes.fromhex("ab" * 32)), b"q83vq83v%%%%")
-    before = counts(app)
+    before = every_table(app)
     with caplog.at_level(logging.INFO):
         response = ident.put(client, "/mdm/checkin", body)
     assert_refused(app, response, 400, "invalid base64", before, caplog)
@@ -303,7 +264,7 @@ def test_bad_base64_push_token_is_400_and_changes_nothing(app, client, caplog):
     ({"Status": "Finished"}, "unknown Status"),
 ])
 def test_wrong_types_on_the_command_endpoint(app, client, enrolled, caplog, message, reason):
-    before, states = counts(app), command_states(app)
+    before, states = every_table(app), command_states(app)
     with caplog.at_level(logging.INFO):
         response = enrolled.put(client, "/mdm/connect", {"UDID": enrolled.udid, **message})
     assert_refused(app, response, 400, reason, before, caplog)
@@ -311,7 +272,7 @@ def test_wrong_types_on_the_command_endpoint(app, client, enrolled, caplog, mess
 
 
 def test_empty_body_and_trailing_junk_on_the_command_endpoint(app, client, enrolled, caplog):
-    before = counts(app)
+    before = every_table(app)
     with caplog.at_level(logging.INFO):
         assert_refused(app, enrolled.put(client, "/mdm/connect", b""), 400, "empty body", before, caplog)
         junk = plistlib.dumps({"UDID": enrolled.udid, "Status": "Idle"}) + b"\x00garbage"
@@ -339,7 +300,7 @@ def _deep_json(depth: int) -> bytes:
 
 @pytest.mark.parametrize("case", ["data not base64", "data as a string", "not JSON", "100000 deep", "33 deep"])
 def test_malformed_status_data_is_400_logged_and_stores_nothing(app, client, enrolled, caplog, case):
-    before = counts(app)
+    before = every_table(app)
     with caplog.at_level(logging.INFO):
         if case == "data not base64":
             body = plistlib.dumps(checkin_message(enrolled.udid, "DeclarativeManagement", Endpoint="status",
@@ -379,7 +340,7 @@ def test_status_naming_another_devices_declarations_is_403(app, client, enrolled
     with app.app_context():
         served = {d["Identifier"] for d in DeclarationSet.query.one().declarations}
     assert "mdm.status-subscriptions" in served and "mdm.patch.999.enforcement" not in served
-    before = counts(app)
+    before = every_table(app)
     with caplog.at_level(logging.INFO):
         response = _status(enrolled, client, _declarations_report(_entry("mdm.status-subscriptions"),
                                                                   _entry("mdm.patch.999.enforcement")))
@@ -459,14 +420,10 @@ def test_throttle_window_slides_and_memory_is_bounded():
     assert FailureThrottle(0).record_failure("x") is False and FailureThrottle(0).retry_after("x") is None
 
 
-def test_forwarded_address_counts_only_behind_a_trusted_proxy(tmp_path, pki_template):
-    app = make_protocol_app(tmp_path, pki_template, ENROLL_FAILURES_PER_MINUTE=2,
-                            TRUSTED_PROXY_ADDRESSES="127.0.0.1")
+def test_forwarded_address_counts_only_behind_a_trusted_proxy(app_factory):
+    app = app_factory(ENROLL_FAILURES_PER_MINUTE=2, TRUSTED_PROXY_ADDRESSES="127.0.0.1")
     client = app.test_client()
     for i in range(2):
         client.get(f"/enroll/x{i}", headers={"X-Forwarded-For": "203.0.113.5"})
     assert client.get("/enroll/x", headers={"X-Forwarded-For": "203.0.113.5"}).status_code == 429
     assert client.get("/enroll/x", headers={"X-Forwarded-For": "203.0.113.6"}).status_code == 404
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()

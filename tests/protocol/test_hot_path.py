@@ -16,10 +16,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event
 
+from device_identity import DeviceIdentity
 from mdm.protocol import certauth, queue
 from mdm.extensions import db
 from mdm.models import Command, Device, DeviceCertificate, utcnow
-from test_certauth import DeviceIdentity, app, client  # noqa: F401  (shared fixtures)
 
 
 class Recorder:

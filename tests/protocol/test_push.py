@@ -20,9 +20,10 @@ from mdm.enroll.pki import create_ca, issue_certificate, load_private_key, new_k
 from mdm.extensions import db
 from mdm.models import AuditEvent, Device, PushRequest
 from apns_server import FakeAPNs
+from apps import plain_key_file
+from server_process import free_port
 from pushcert_kit import (SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor,
                                 openssl)
-from tests.conftest import free_port, plain_key_file
 
 TOKEN_BYTES = 32
 
@@ -454,11 +455,6 @@ def test_finished_pushes_are_pruned_after_a_month(ctx):
 
 
 # ---------------------------------------------------------------- getting the certificate: both routes
-
-
-@pytest.fixture(scope="session")
-def apple_chain():
-    return make_apple_chain()
 
 
 @pytest.fixture(scope="session")

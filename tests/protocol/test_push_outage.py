@@ -22,7 +22,7 @@ from mdm.extensions import db
 from mdm.models import Command, Device, PushRequest, utcnow
 from mdm.simulator.device import SimulatedDevice
 from apns_server import FakeAPNs
-from tests.conftest import plain_key_file
+from apps import plain_key_file
 from ui_support import signed_in
 
 BACKOFF_SECONDS = 600    # long: nothing retries by itself while the test looks; the test makes retries due

@@ -17,7 +17,7 @@ from mdm.extensions import db
 from mdm.models import AuditEvent
 from mdm.push.cert_request import parse_push_request
 from ui_support import signed_in
-from pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_apple_chain, make_vendor, pem
+from pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_vendor, pem
 
 FORMS = ["/settings/push/vendor-request", "/settings/push/submit", "/settings/push/decrypt",
          "/settings/push/certificate", "/settings/push/csr"]
@@ -26,11 +26,6 @@ FORMS = ["/settings/push/vendor-request", "/settings/push/submit", "/settings/pu
 @pytest.fixture(scope="module")
 def apple_ca():
     return create_ca("Fake Apple Application Integration")
-
-
-@pytest.fixture(scope="module")
-def apple_chain():
-    return make_apple_chain()
 
 
 def upload(data: bytes, name: str):

@@ -24,7 +24,7 @@ from mdm.ddm.results import results_for_device
 from mdm.extensions import db
 from mdm.models import Command, Device, utcnow
 from apns_server import FakeAPNs
-from tests.conftest import plain_key_file
+from apps import plain_key_file
 from ui_support import iphone, signed_in
 
 APPLE = "https://gdmf.apple.com/v2/pmv"
@@ -150,7 +150,7 @@ def apns(app, tmp_path):
 def _bound_phone(app, client):
     """A real enrollment through the check-in endpoint, then a policy bound: a DeclarativeManagement
     command is queued for it."""
-    from test_certauth import DeviceIdentity, checkin_message
+    from device_identity import DeviceIdentity, checkin_message
     from mdm.protocol.checkin import server_topic
     from mdm.ddm.policies import create_policy
     with app.app_context():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_app
+from apps import make_app
 from mdm.accounts import AdminUser, Role
 from mdm.extensions import db
 from mdm.models import AuditEvent, DeviceGroup
@@ -56,14 +56,8 @@ EXPECTED = {
 ROLES = [R, H, M, A]
 
 
-@pytest.fixture
-def app(tmp_path, pki_template):
-    # A feed URL that fails at once, so "Sync now" in the walk does not wait on the network.
-    app = make_app(tmp_path, pki_template, CATALOG_URL="https://127.0.0.1:9/none")
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+# A feed URL that fails at once, so "Sync now" in the walk does not wait on the network.
+pytestmark = pytest.mark.app_settings(CATALOG_URL="https://127.0.0.1:9/none")
 
 
 def build_world(app) -> dict:
