@@ -43,7 +43,7 @@ def main() -> int:
 
     from mdm.enroll.pki import ensure_pki
     from mdm.extensions import db
-    from test_certauth import DeviceIdentity, make_protocol_app
+    from device_identity import DeviceIdentity, make_protocol_app
 
     tmp = Path(tempfile.mkdtemp(prefix="mdm-profile-idle-"))
     template = tmp / "certs-template"

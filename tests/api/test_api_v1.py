@@ -6,15 +6,7 @@ import html
 
 from mdm.accounts import AdminUser, ApiToken, Role
 from mdm.models import AuditEvent, Command
-from ui_support import HTTPS, add_devices, iphone, load_current_catalog, make_token, signed_in
-
-
-class Api:
-    def __init__(self, app, secret: str):
-        self.client, self.headers = app.test_client(), {"Authorization": f"Bearer {secret}"}
-
-    def __call__(self, method: str, path: str, json=None):
-        return self.client.open("/api/v1" + path, method=method, json=json, headers=self.headers, base_url=HTTPS)
+from ui_support import HTTPS, Api, add_devices, iphone, load_current_catalog, make_token, signed_in
 
 
 def test_tokens_are_required_and_checked(app):

@@ -11,20 +11,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from browser_pages import shot, sign_in
+from browser_pages import enroll_simulated_iphones, shot, sign_in
 from ui_support import load_current_catalog
-
-
-def enroll_simulated_iphones(server, names) -> None:
-    from mdm.enroll.tokens import create_token, enrollment_url
-    from mdm.simulator import DeviceProfile, SimulatedDevice
-    with server.app.app_context():
-        url = enrollment_url(create_token(description="browser test", expires_in_days=1, created_by="test"))
-    for name in names:
-        device = SimulatedDevice(server.url, server.ca_file, profile=DeviceProfile(device_name=name))
-        device.enroll(url)
-        device.connect()
-        device.close()
 
 
 def test_admin_journey_in_chromium(live_server, browser, tmp_path):

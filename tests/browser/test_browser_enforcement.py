@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from test_browser_admin import enroll_simulated_iphones, sign_in
+from browser_pages import enroll_simulated_iphones, sign_in
 from ui_support import load_current_catalog
 
 

@@ -9,7 +9,7 @@ import plistlib
 import pytest
 
 from appleschema import Context, validate_command, validate_declaration, validate_profile, validate_protocol
-from ddm_kit import Clock, load_snapshot_as_of_today
+from ddm_kit import RING, Clock, load_snapshot_as_of_today
 from mdm.ddm import declarations as decl
 from mdm.ddm.policies import bind_policy, create_policy, delete_policy, update_policy
 from mdm.ddm.protocol import handle_declarative_management
@@ -17,10 +17,6 @@ from mdm.ddm.state_models import DeclarationSet
 from mdm.ddm.sync import refresh_devices
 from mdm.extensions import db
 from mdm.models import Command, Device, PushRequest
-
-RING = {"name": "Ring", "deferral_days": 3, "enforce": True, "grace_days": 7, "local_time": "09:00",
-        "details_url": "https://it.example.com/ios"}
-
 
 # a test's ``app`` holds Apple's feed snapshot as if fetched today (unshifted, its releases expire)
 pytestmark = pytest.mark.usefixtures("snapshot_as_of_today")

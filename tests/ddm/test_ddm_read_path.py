@@ -16,9 +16,10 @@ from mdm.ddm.policies import bind_policy, create_policy
 from mdm.ddm.state_models import DeclarationSet
 from mdm.extensions import db
 from mdm.models import Device, utcnow
-from test_certauth import DeviceIdentity, app, client  # noqa: F401  (shared fixtures)
-from test_ddm_protocol import RING, load_current_catalog
-from test_hot_path import Recorder, drain
+from device_identity import DeviceIdentity
+from ddm_kit import RING, load_snapshot_as_of_today as load_current_catalog
+from db_recorder import Recorder
+from device_identity import drain
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from appleschema import validate_declaration
-from conftest import FEEDS
+from apps import FEEDS
 from mdm.extensions import db
 from mdm.models import Device
 
@@ -374,7 +374,7 @@ def test_the_form_sets_both_options_and_the_preview_and_results_explain_the_dead
     from mdm.ddm.catalog import shift_feed
     from mdm.ddm.models import PatchPolicy
     from mdm.models import utcnow
-    from test_ui_policies import VALID
+    from ui_support import VALID_POLICY_FORM as VALID
     from ui_support import add_devices, iphone, signed_in
     # Apple's history moved so that 18.1.1 (fixes 2 actively exploited CVEs) was posted 5 days ago.
     days = (utcnow().date() - dt.date(2024, 11, 19)).days - 5

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from appleschema import validate_declaration
-from conftest import FEEDS
+from apps import FEEDS
 from mdm.extensions import db
 from mdm.models import AuditEvent, Device
 
@@ -36,7 +36,7 @@ def feed2024(app):
 def current(app):
     """The packaged catalog snapshot moved to today: iPhone15,2 can take 26.6.1 (23G83), iPhone10,3 cannot."""
     with app.app_context():
-        from test_ddm_protocol import load_current_catalog
+        from ddm_kit import load_snapshot_as_of_today as load_current_catalog
         load_current_catalog()
         yield app
 
@@ -269,7 +269,7 @@ def test_policy_state_never_breaks_a_device_sync(current, monkeypatch):
 
 def test_api_crud_bindings_results_and_roles(current, app):
     from mdm.accounts import Role
-    from test_api_v1 import Api
+    from ui_support import Api
     from ui_support import make_token
     phone = add_device("phone", "iPhone15,2", "18.0")
     reader = Api(app, make_token(app, "ro", Role.ReadOnly))

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import FEEDS
+from apps import FEEDS
 from mdm.accounts import Role
 from mdm.extensions import db
 from ui_support import signed_in

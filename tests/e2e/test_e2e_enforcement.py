@@ -13,7 +13,7 @@ from mdm.enroll.tokens import create_token, enrollment_url
 from mdm.extensions import db
 from mdm.simulator import DeviceProfile, SimulatedDevice
 from mdm.simulator import ddm as sim
-from test_ddm_protocol import Clock, load_current_catalog
+from ddm_kit import Clock, load_snapshot_as_of_today as load_current_catalog
 
 TYPE = "com.apple.configuration.softwareupdate.enforcement.specific"
 PROFILES = [DeviceProfile("iPhone15,2", "17.5"), DeviceProfile("iPad13,18", "18.0"),

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mdm.protocol import certauth
 from mdm.enroll.pki import get_pki
-from test_certauth import DeviceIdentity, app, sign_cryptography, sign_openssl  # noqa: F401  (app: shared fixture)
+from device_identity import DeviceIdentity, sign_cryptography, sign_openssl
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Steps the browser tests share (no tests here): signing in on the login page and taking a
-screenshot (``UPDATE_SCREENSHOTS=1`` also copies it to docs/screenshots/ for the README)."""
+"""Steps the browser tests share (no tests here): simulated iPhones enrolled through the real server,
+signing in on the login page, and a screenshot (``UPDATE_SCREENSHOTS=1`` also copies it to
+docs/screenshots/ for the README)."""
 from __future__ import annotations
 
 import os
@@ -23,3 +24,15 @@ def sign_in(page, base: str | None, username: str, password: str) -> None:
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button:has-text('Sign in')")
+
+
+def enroll_simulated_iphones(server, names) -> None:
+    from mdm.enroll.tokens import create_token, enrollment_url
+    from mdm.simulator import DeviceProfile, SimulatedDevice
+    with server.app.app_context():
+        url = enrollment_url(create_token(description="browser test", expires_in_days=1, created_by="test"))
+    for name in names:
+        device = SimulatedDevice(server.url, server.ca_file, profile=DeviceProfile(device_name=name))
+        device.enroll(url)
+        device.connect()
+        device.close()

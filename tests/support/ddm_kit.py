@@ -1,5 +1,5 @@
-"""DDM test kit (no tests here): Apple's packaged release snapshot moved to today, and a clock the
-simulator's DDM client can be given and moved."""
+"""DDM test kit (no tests here): Apple's packaged release snapshot moved to today, a ring to create, and a
+clock the simulator's DDM client can be given and moved."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,6 +7,9 @@ import datetime as dt
 from mdm.extensions import db
 
 SNAPSHOT_FETCHED = dt.date(2026, 8, 22)
+# a patch policy ring, as the service takes it (mdm.ddm.policies.create_policy)
+RING = {"name": "Ring", "deferral_days": 3, "enforce": True, "grace_days": 7, "local_time": "09:00",
+        "details_url": "https://it.example.com/ios"}
 
 
 def load_snapshot_as_of_today() -> None:

@@ -98,6 +98,14 @@ class DeviceIdentity:
         assert self.checkin(client, "TokenUpdate").status_code == 200
 
 
+def drain(ident, client) -> None:
+    """Answer every waiting command (the enrollment's DeviceInformation, SecurityInfo, ProfileList)."""
+    response = ident.connect(client)
+    while response.data:
+        uuid = plistlib.loads(response.data)["CommandUUID"]
+        response = ident.connect(client, "Acknowledged", CommandUUID=uuid)
+
+
 def checkin_message(udid: str, message_type: str, **fields) -> dict:
     base = {"MessageType": message_type, "UDID": udid}
     if message_type == "Authenticate":

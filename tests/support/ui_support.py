@@ -1,5 +1,6 @@
 """Helpers for the UI and API tests (no tests here): accounts per role, a signed-in client that sends
-CSRF tokens the way the pages do, and a small world of objects to point URLs at."""
+CSRF tokens the way the pages do, an API client with a token, a valid policy form, and a small world of
+objects to point URLs at."""
 from __future__ import annotations
 
 import re
@@ -12,6 +13,13 @@ PASSWORD = "correct horse battery"
 HTTPS = "https://localhost"
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 CSRF_HEADER = re.compile(r'"X-CSRFToken": "([^"]+)"')
+# the Patch Management form, filled in validly (the UI tests post it, changed field by field)
+VALID_POLICY_FORM = {
+    "name": "Pilot iPhones", "deferral_days": "5", "enforce": ["false", "true"], "grace_days": "7",
+    "local_time": "18:30", "details_url": "https://intranet.example.com/ios", "notifications_all": "true",
+    "cadence": "All", "auto_download": "AlwaysOn", "auto_install_os": "AlwaysOn",
+    "auto_install_security": "Allowed", "rsr_offer": ["false", "true"], "rsr_rollback": ["false"],
+    "beta_enrollment": "AlwaysOff", "beta_rows": "1", "stay_on_major": "false"}
 
 
 def make_admin(app, username: str, role: Role, password: str = PASSWORD):
@@ -117,3 +125,13 @@ def load_current_catalog(app, newest_posted_days_ago: int = 20) -> None:
     with app.app_context():
         apply_feed(shift_feed(data, days), "test: shifted snapshot")
         db.session.commit()
+
+
+class Api:
+    """The JSON API with a bearer token: ``api("GET", "/devices")``."""
+
+    def __init__(self, app, secret: str):
+        self.client, self.headers = app.test_client(), {"Authorization": f"Bearer {secret}"}
+
+    def __call__(self, method: str, path: str, json=None):
+        return self.client.open("/api/v1" + path, method=method, json=json, headers=self.headers, base_url=HTTPS)

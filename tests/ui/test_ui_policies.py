@@ -8,13 +8,8 @@ import re
 from mdm.accounts import Role
 from mdm.extensions import db
 from mdm.models import AuditEvent, DeviceGroup
+from ui_support import VALID_POLICY_FORM as VALID
 from ui_support import add_devices, iphone, load_current_catalog, signed_in
-
-VALID = {"name": "Pilot iPhones", "deferral_days": "5", "enforce": ["false", "true"], "grace_days": "7",
-         "local_time": "18:30", "details_url": "https://intranet.example.com/ios", "notifications_all": "true",
-         "cadence": "All", "auto_download": "AlwaysOn", "auto_install_os": "AlwaysOn",
-         "auto_install_security": "Allowed", "rsr_offer": ["false", "true"], "rsr_rollback": ["false"],
-         "beta_enrollment": "AlwaysOff", "beta_rows": "1", "stay_on_major": "false"}
 
 
 def error_slot(page: str, field: str) -> str:
