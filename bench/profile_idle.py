@@ -41,7 +41,7 @@ def main() -> int:
 
     from sqlalchemy import event
 
-    from mdm.enroll.pki import ensure_pki
+    from mdm.pki import ensure_pki
     from mdm.extensions import db
     from device_identity import DeviceIdentity, make_protocol_app
 

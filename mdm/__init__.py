@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from .ops import backup, logs  # noqa: F401
+from .ops import backup, bootstrap, logs  # noqa: F401
 from .devices import cli as devices_cli  # noqa: F401
 from .push import apns as push, cli as push_cli, cert as pushcert  # noqa: F401  (CLI modules add commands)
 from . import models, unit_of_work  # noqa: F401  (models: register tables)

@@ -6,11 +6,15 @@ when they look like JSON (numbers, booleans), otherwise kept as strings.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,3 +116,24 @@ def _instance_secret(path: Path) -> str:
         with os.fdopen(fd, "w") as fh:
             fh.write(os.urandom(32).hex())
     return path.read_text().strip()
+
+
+def is_trusted_proxy(addresses: str, remote_addr: str | None) -> bool:
+    """True when ``remote_addr`` is in TRUSTED_PROXY_ADDRESSES (comma-separated addresses or networks):
+    only such a proxy may pass a client certificate or a client address on."""
+    if not remote_addr:
+        return False
+    try:
+        remote = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return False
+    for item in addresses.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            if remote in ipaddress.ip_network(item, strict=False):
+                return True
+        except ValueError:
+            log.warning("TRUSTED_PROXY_ADDRESSES entry %r is not an address or network", item)
+    return False

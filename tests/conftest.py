@@ -22,7 +22,7 @@ from server_process import ServerProcess, free_port
 @pytest.fixture(scope="session")
 def pki_template(tmp_path_factory):
     """Generate the CA, TLS and signing keys once per session; each app gets a copy."""
-    from mdm.enroll.pki import ensure_pki
+    from mdm.pki import ensure_pki
     certs = tmp_path_factory.mktemp("certs-template")
     ensure_pki(certs, ["localhost", "127.0.0.1"], "Test Org")
     return certs

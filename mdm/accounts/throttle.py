@@ -33,7 +33,7 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from . import LoginThrottle
-from ..protocol.certauth import _is_trusted_proxy
+from ..config import is_trusted_proxy
 from ..extensions import db
 from ..models import utcnow
 
@@ -112,7 +112,7 @@ def client_address(request, config) -> str:
     remote = request.remote_addr or "?"
     forwarded = request.headers.get("X-Forwarded-For", "")
     if forwarded and config.get("TRUSTED_PROXY_ADDRESSES"):
-        if _is_trusted_proxy(config["TRUSTED_PROXY_ADDRESSES"], request.remote_addr):
+        if is_trusted_proxy(config["TRUSTED_PROXY_ADDRESSES"], request.remote_addr):
             last = forwarded.split(",")[-1].strip()
             if last:
                 return last[:64]

@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, insert, select, update
 from ..protocol import commands
 from ..extensions import db
 from ..models import Command, Device, utcnow
-from ..protocol.plistio import dumps
+from ..plistio import dumps
 from ..push.apns import request_push
 from ..unit_of_work import finish
 from . import changes

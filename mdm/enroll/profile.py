@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from flask import current_app
 
-from ..protocol import plistio
+from .. import plistio
 from ..extensions import db
 from ..models import EnrollmentToken, ScepChallenge, audit, utcnow
 from ..push.cert import PushCertError, current_topic
-from .pki import get_pki
+from ..pki import get_pki
 from .tokens import TokenError, TokenRefused, redeem_token
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from ..extensions import db
 from ..models import DeviceCertificate, EnrollmentToken, IssuedCertificate, ScepChallenge, audit, utcnow
 from ..scheduler import register_job
 from . import cms
-from .pki import get_pki
+from ..pki import get_pki
 from .profile import challenge_common_name, hash_challenge
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from ..extensions import db
 from ..models import audit
 from ..accounts.throttle import client_address, enrollment_throttle
 from . import scep
-from .pki import get_pki
+from ..pki import get_pki
 from .profile import ProfileUnavailable, download_enrollment_profile
 from .tokens import TokenError
 

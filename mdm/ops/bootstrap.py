@@ -1,12 +1,14 @@
 """First-run set-up shared by ``flask mdm init`` and the server start: database, PKI, push identity."""
 from __future__ import annotations
 
+import click
 from flask import current_app
 from sqlalchemy.engine import make_url
 
 from .dbsetup import init_db
-from ..enroll.pki import get_pki
-from ..secrets import get_box, seal_device_tokens
+from ..pki import get_pki
+from ..cli import mdm_cli
+from ..secrets import SecretsKeyError, get_box, seal_device_tokens
 
 
 def _safe_url(url: str) -> str:
@@ -31,3 +33,14 @@ def initialise() -> list[str]:
     for hook in current_app.extensions.get("mdm_init_hooks", []):
         lines += hook() or []
     return lines
+
+
+@mdm_cli.command("init")
+def init_command():
+    """Create database, CA, TLS and signing certificates (idempotent)."""
+    try:
+        lines = initialise()
+    except SecretsKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
+        click.echo(line)

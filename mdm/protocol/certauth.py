@@ -29,7 +29,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import logging
 import threading
 import time
@@ -47,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import bindparam, event, literal, select, true
 from sqlalchemy.orm import Session, aliased
 
+from ..config import is_trusted_proxy
 from ..extensions import db
 from ..models import Device, DeviceCertificate, IssuedCertificate, audit, utcnow
 
@@ -308,32 +308,13 @@ def proxy_certificate(config, remote_addr: str | None, headers) -> x509.Certific
     header = (config.get("TRUSTED_PROXY_CERT_HEADER") or "").strip()
     if not header or not headers.get(header):
         return None
-    if not _is_trusted_proxy(config.get("TRUSTED_PROXY_ADDRESSES") or "", remote_addr):
+    if not is_trusted_proxy(config.get("TRUSTED_PROXY_ADDRESSES") or "", remote_addr):
         log.warning("ignoring %s header from untrusted address %s", header, remote_addr)
         return None
     try:
         return x509.load_pem_x509_certificate(unquote(headers[header]).encode())
     except ValueError:
         raise AuthError(f"{header} header is not a URL-encoded PEM certificate") from None
-
-
-def _is_trusted_proxy(addresses: str, remote_addr: str | None) -> bool:
-    if not remote_addr:
-        return False
-    try:
-        remote = ipaddress.ip_address(remote_addr)
-    except ValueError:
-        return False
-    for item in addresses.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            if remote in ipaddress.ip_network(item, strict=False):
-                return True
-        except ValueError:
-            log.warning("TRUSTED_PROXY_ADDRESSES entry %r is not an address or network", item)
-    return False
 
 
 def identify(config, remote_addr: str | None, headers, body: bytes, ca_cert: x509.Certificate) -> Identity:

@@ -26,7 +26,7 @@ from typing import Callable
 from . import certauth, queue
 from ..extensions import db
 from ..models import Device, audit, utcnow
-from .plistio import PlistError, dumps, optional, require
+from ..plistio import PlistError, dumps, optional, require
 from ..push.cert import current_topic
 from ..signals import device_checked_out, device_enrolled, device_facts_changed, device_reenrolled
 

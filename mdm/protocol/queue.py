@@ -27,7 +27,7 @@ from .commands import CommandError
 from .commands.base import json_safe
 from ..extensions import db
 from ..models import Command, Device, utcnow
-from .plistio import dumps
+from ..plistio import dumps
 
 log = logging.getLogger(__name__)
 

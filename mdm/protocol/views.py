@@ -27,10 +27,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import certauth, checkin, queue
 from .checkin import ProtocolError, Reply
-from ..enroll.pki import get_pki
+from ..pki import get_pki
 from ..extensions import db, read_only
 from ..models import Device, audit, utcnow
-from .plistio import PlistError, loads_xml, require
+from ..plistio import PlistError, loads_xml, require
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask import current_app
 
-from ..enroll.pki import (get_pki, issue_certificate, load_private_key, new_key, read_private_key_pem,
+from ..pki import (get_pki, issue_certificate, load_private_key, new_key, read_private_key_pem,
                          write_private_key)
 from . import cert_request as push_request
 from ..extensions import db

@@ -44,7 +44,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import create_app
-from ..enroll.pki import get_pki, read_private_key_pem
+from ..pki import get_pki, read_private_key_pem
 from ..extensions import db
 from ..ops.logs import access_log, request_context
 from ..scheduler import start_scheduler

@@ -22,7 +22,7 @@ from flask import current_app
 from ..cli import mdm_cli
 from ..ddm.catalog import SNAPSHOT_PATH, CatalogError, load_feed_file, shift_feed
 from ..ddm.groups import GroupError, add_devices, require_group
-from ..enroll.pki import get_pki
+from ..pki import get_pki
 from ..enroll.tokens import create_token, enrollment_url as url_for_token
 from ..extensions import db
 from .device import DeviceProfile

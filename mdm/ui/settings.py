@@ -18,7 +18,7 @@ from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor
 from ..ddm.catalog import DEFAULT_URL, catalog_status, sync_catalog
 from ..ddm.sofa import releases_with_security, sofa_status
-from ..enroll.pki import get_pki
+from ..pki import get_pki
 from ..extensions import db
 from ..models import utcnow
 from ..push.cert_request import APPLE_PORTAL_URL, APPLE_ROOT_URL, APPLE_WWDR_URL

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from browser_pages import shot, sign_in
 from mdm.push import cert as pushcert
-from mdm.enroll.pki import create_ca
+from mdm.pki import create_ca
 from pushcert_kit import SigningService, apple_push_certificate, csr_of_request, make_vendor, pem
 
 

@@ -61,7 +61,7 @@ def test_profile_validates_against_apple_schema_and_points_at_this_server(app, c
     assert set(by_type) == {"com.apple.security.root", "com.apple.security.scep", "com.apple.mdm"}
     url = app.config["SERVER_URL"]
     with app.app_context():
-        from mdm.enroll.pki import get_pki
+        from mdm.pki import get_pki
         from mdm.push.cert import current_topic
         ca_der, topic = get_pki().ca_der, current_topic()
 
@@ -103,7 +103,7 @@ def test_signed_profile_verifies_with_openssl_and_contains_the_plist(app, client
     assert validate_profile(profile) == []
     signer_cert = x509.load_pem_x509_certificate(signer.read_bytes())
     with app.app_context():
-        from mdm.enroll.pki import get_pki
+        from mdm.pki import get_pki
         assert signer_cert == get_pki().signing_cert
 
     # The check is real: one changed byte in the signed content and openssl refuses it.
@@ -145,7 +145,7 @@ def test_ca_certificate_is_published_as_pem(app, client):
     assert response.status_code == 200
     assert response.mimetype == "application/x-x509-ca-cert"
     with app.app_context():
-        from mdm.enroll.pki import get_pki
+        from mdm.pki import get_pki
         assert x509.load_pem_x509_certificate(response.data) == get_pki().ca_cert
 
 

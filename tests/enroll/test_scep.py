@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import func, select
 
 from mdm.enroll import cms, scep_client, tokens
-from mdm.enroll.pki import get_pki
+from mdm.pki import get_pki
 from mdm.enroll.profile import hash_challenge
 from mdm.enroll.scep import FailInfo, MessageType, enrollment_subject
 from mdm.enroll.scep_client import ScepError

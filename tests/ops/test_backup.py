@@ -187,7 +187,7 @@ def test_a_self_contained_backup_carries_its_key(tmp_path, pki_template):
     assert ((tmp_path / "t" / "instance" / "secrets.key").read_text()
             == (tmp_path / "a" / "instance" / "secrets.key").read_text())
     with target.app_context():
-        from mdm.enroll.pki import get_pki
+        from mdm.pki import get_pki
         assert get_pki().ca_cert.subject.rfc4514_string().endswith("O=Test Org")
     _dispose(source)
     _dispose(target)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from mdm.ops import logs
-from mdm.enroll.pki import read_private_key_pem
+from mdm.pki import read_private_key_pem
 from mdm.extensions import db
 from mdm.simulator import SimulatedDevice
 from mdm.simulator.device import verify_signed_profile

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mdm import create_app
-from mdm.enroll.pki import get_pki, load_private_key
+from mdm.pki import get_pki, load_private_key
 from mdm.extensions import db
 from mdm.models import Device
 from mdm.secrets import SecretsKeyError, is_sealed, parse_key
@@ -166,7 +166,7 @@ def test_mdm_run_refuses_to_start_with_a_missing_or_wrong_key(tmp_path, pki_temp
 
 
 def test_a_plaintext_push_key_from_an_earlier_install_is_sealed_too(tmp_path, pki_template):
-    from mdm.enroll.pki import new_key, private_key_pem
+    from mdm.pki import new_key, private_key_pem
     from apps import make_app
     shutil.copytree(pki_template, tmp_path / "certs")
     key = new_key()

@@ -17,7 +17,7 @@ def test_private_keys_are_owner_only(app):
 
 def test_tls_certificate_names_and_issuer(app):
     from cryptography import x509
-    from mdm.enroll.pki import get_pki, load_cert
+    from mdm.pki import get_pki, load_cert
     with app.app_context():
         pki = get_pki()
         cert = load_cert(pki.tls_cert_path)

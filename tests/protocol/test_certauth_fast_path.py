@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mdm.protocol import certauth
-from mdm.enroll.pki import get_pki
+from mdm.pki import get_pki
 from device_identity import DeviceIdentity, sign_cryptography, sign_openssl
 
 

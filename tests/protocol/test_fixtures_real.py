@@ -14,7 +14,7 @@ from apps import FIXTURES
 from device_identity import DeviceIdentity, checkin_message
 from mdm.extensions import db
 from mdm.models import Command, Device
-from mdm.protocol.plistio import loads_xml
+from mdm.plistio import loads_xml
 from mdm.signals import device_facts_changed
 
 CAPTURED_TOPIC = b"com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9"

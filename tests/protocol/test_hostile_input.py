@@ -20,9 +20,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device_identity import DeviceIdentity, checkin_message, device_key, expired_identity
-from mdm.protocol import plistio
+from mdm import plistio
 from mdm.ddm.state_models import DeclarationSet, DeviceStatus, StatusReport
-from mdm.enroll.pki import create_ca, issue_certificate
+from mdm.pki import create_ca, issue_certificate
 from mdm.enroll.tokens import create_token
 from mdm.models import AuditEvent, Command, Device, EnrollmentToken
 from mdm.accounts.throttle import FailureThrottle

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mdm.push import apns as push, cert as pushcert
-from mdm.enroll.pki import create_ca, issue_certificate, load_private_key, new_key
+from mdm.pki import create_ca, issue_certificate, load_private_key, new_key
 from mdm.extensions import db
 from mdm.models import AuditEvent, Device, PushRequest
 from apns_server import FakeAPNs

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mdm.push import apns as push, cert as pushcert
 from mdm.protocol import queue
 from mdm.accounts import Role
-from mdm.enroll.pki import create_ca, new_key, write_private_key
+from mdm.pki import create_ca, new_key, write_private_key
 from mdm.enroll.tokens import create_token, enrollment_url
 from mdm.extensions import db
 from mdm.models import Command, Device, PushRequest, utcnow

@@ -59,7 +59,7 @@ def dispose(app) -> None:
 
 def plain_key_file(app, name: str, dest: Path) -> str:
     """Private keys in CERTS_DIR are sealed; test servers that need one as a file get an opened copy."""
-    from mdm.enroll.pki import read_private_key_pem
+    from mdm.pki import read_private_key_pem
     from mdm.secrets import get_box
     path = Path(dest) / f"{name}.plain"
     path.write_bytes(read_private_key_pem(Path(app.config["CERTS_DIR"]) / name, get_box(app)))

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from apps import make_app
-from mdm.enroll.pki import get_pki
+from mdm.pki import get_pki
 from mdm.extensions import db
 from mdm.models import IssuedCertificate
 from mdm.protocol import certauth

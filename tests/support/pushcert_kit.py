@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mdm.enroll.pki import issue_certificate, new_key
+from mdm.pki import issue_certificate, new_key
 
 SERVICE_PATH = "/api/v1/signrequest"
 

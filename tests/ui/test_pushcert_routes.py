@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mdm.push import cert as pushcert
 from mdm.accounts import Role
-from mdm.enroll.pki import create_ca, new_key
+from mdm.pki import create_ca, new_key
 from mdm.extensions import db
 from mdm.models import AuditEvent
 from mdm.push.cert_request import parse_push_request

@@ -1,7 +1,7 @@
 """InstallProfile: install a configuration profile (signed or not). Schema: mdm/commands/profile.install.yaml."""
 from __future__ import annotations
 
-from ..plistio import dumps
+from ...plistio import dumps
 from .base import CommandError
 
 REQUEST_TYPE = "InstallProfile"

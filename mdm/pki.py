@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask import current_app
 
-from ..secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, get_box, is_sealed, load_cert_chain,
+from .secrets import (KEY_FILE_PATTERN, SecretBox, SecretsKeyError, current_box, get_box, is_sealed, load_cert_chain,
                        write_secret_file)
 
 KEY_SIZE = 2048
