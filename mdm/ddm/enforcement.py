@@ -475,6 +475,38 @@ def results_for_policy(ref, *, now: dt.datetime | None = None) -> list[Enforceme
     return out
 
 
+def results_for_device(device, *, now: dt.datetime | None = None) -> list[EnforcementDeviceResult]:
+    """The Software Update Enforcement policies reaching this device, each evaluated now as the policy's
+    Results tab evaluates it (``evaluate``), for the device page. Reads only: the policy's results store."""
+    now = now or utcnow()
+    specs = scope.for_devices([device.id], now).get(device.id, ())
+    policies = {p.id: p for p in EnforcementPolicy.query.filter(
+        EnforcementPolicy.id.in_([s.policy_id for s in specs]))} if specs else {}
+    if not policies:
+        return []
+    row = db.session.get(DeclarationSet, device.id)
+    served = row.declarations if row is not None else []
+    status = db.session.get(DeviceStatus, device.id)
+    delivery = patch_results.delivery_notes([device.id]).get(device.id)
+    plan = plan_for(device)[0] if device.runs_ios else None
+    effective = scope.which_wins(device, specs, plan)
+    stored = {r.policy_id: r for r in EnforcementResult.query.filter_by(device_id=device.id)}
+    out = []
+    for spec in specs:
+        policy = policies.get(spec.policy_id)
+        if policy is None:
+            continue
+        state, detail = evaluate(device, spec, served, status, now, patch_results._stale_after(), delivery)
+        kept = stored.get(policy.id)
+        out.append(EnforcementDeviceResult(
+            policy.id, policy.name, device.id, device.udid, device.serial_number, device.device_name,
+            device.os_version, state, detail, policy.target_version, f"{policy.enforce_at}:00",
+            binding=spec.binding, declared=scope.identifier(policy.id) in {d["Identifier"] for d in served},
+            effective=effective, state_since=kept.state_since if kept is not None and kept.state == state else None,
+            reported_at=status.last_report_at if status else None))
+    return out
+
+
 def preview(ref, *, now: dt.datetime | None = None) -> dict:
     """What the policy does to each device it reaches, without waiting for devices: whether the
     declaration is sent, why not, and which enforcement each device acts on first."""

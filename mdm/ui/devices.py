@@ -7,6 +7,7 @@ from flask_login import current_user
 from ..accounts import Role
 from ..accounts.access import is_htmx, requires
 from ..accounts.actor import current_actor, current_source
+from ..ddm import enforcement
 from ..ddm.group_admin import GroupError, add_members
 from ..ddm.models import PatchPolicy
 from ..devices.commands import (ADMIN_COMMANDS, DESTRUCTIVE_COMMANDS, BulkRefusal, check_bulk_command,
@@ -107,6 +108,7 @@ def detail(device_id):
     return render_template("ui/devices/detail.html", device=device, certs=certs, commands=ADMIN_COMMANDS,
                            destructive=DESTRUCTIVE_COMMANDS, command_rows=_command_rows(device),
                            declarations=declarations_for(device), results=policy_results_for(device),
+                           enforcement_results=enforcement.results_for_device(device),
                            groups=DeviceGroup.query.order_by(DeviceGroup.name).all(), device_zone=time_zone_of(device))
 
 
@@ -146,4 +148,5 @@ def queue_command(device_id):
 def results_fragment(device_id):
     """Polled by the detail page: Policy Results (status, target, deadline, countdown)."""
     device = _device_or_404(device_id)
-    return render_template("ui/devices/_results.html", device=device, results=policy_results_for(device))
+    return render_template("ui/devices/_results.html", device=device, results=policy_results_for(device),
+                           enforcement_results=enforcement.results_for_device(device))

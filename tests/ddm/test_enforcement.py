@@ -383,6 +383,37 @@ def test_ui_form_roles_csrf_and_field_errors(app):
         assert EnforcementPolicy.query.count() == 0
 
 
+def test_the_device_page_lists_the_enforcement_policies_reaching_the_device(app):
+    """The device page shows each enforcement policy reaching the device with its state, next to the
+    patch results; the 30-second results fragment carries them too; a device no policy reaches has none."""
+    from mdm.accounts import Role
+    from mdm.ddm import enforcement as svc
+    from ui_support import add_devices, iphone, load_current_catalog, signed_in
+    with app.app_context():
+        load_current_catalog(app)
+    add_devices(app, [iphone("Phone", "SN-phone", "18.0"), iphone("Done", "SN-done", "26.6.1"),
+                      iphone("Other", "SN-other", "18.0")])
+    with app.app_context():
+        policy = svc.create_policy({"name": "By 26.6.1", "target_version": "26.6.1", "enforce_at": in_days(5)})
+        svc.bind_policy(policy, devices=["SN-phone", "SN-done"])
+        db.session.commit()
+        ids = {d.serial_number: d.id for d in Device.query}
+    reader = signed_in(app, Role.ReadOnly)
+    page = reader.get(f"/devices/{ids['SN-phone']}")
+    assert page.status_code == 200 and 'id="enforcement-results"' in page.text
+    assert "By 26.6.1" in page.text and "26.6.1" in page.text
+    fragment = reader.get(f"/devices/{ids['SN-phone']}/results")
+    assert 'id="enforcement-results"' in fragment.text and "By 26.6.1" in fragment.text
+    done = reader.get(f"/devices/{ids['SN-done']}").text
+    assert 'id="enforcement-results"' in done and "Compliant" in done.split('id="enforcement-results"')[1]
+    assert 'id="enforcement-results"' not in reader.get(f"/devices/{ids['SN-other']}").text
+    with app.app_context():
+        phone = db.session.get(Device, ids["SN-phone"])
+        (result,) = svc.results_for_device(phone)
+        assert (result.policy_name, result.target_version, result.declared) == ("By 26.6.1", "26.6.1", True)
+        assert result.state != "Compliant"
+
+
 def test_a_version_leaving_the_catalog_leaves_the_devices(current):
     """Apple: remove deployed configurations whose version gdmf no longer lists. The hourly job does it."""
     from mdm.ddm import catalog
