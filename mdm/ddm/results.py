@@ -234,25 +234,9 @@ def record_results_bulk(inputs, now: datetime) -> None:
     history rows; read with one query per kind, written with executemany. The caller commits."""
     if not inputs:
         return
-    ids = [device.id for device, *_ in inputs]
-    result_table, status_table = PolicyResult.__table__, DeviceStatus.__table__
-    fields = ("id", "policy_id", "state", "target_version", "deadline_local")
-    stored: dict[int, list[dict]] = {}
-    statuses: dict[int, SimpleNamespace] = {}
     with_plan = [device.id for device, plan, *_ in inputs if plan is not None]
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
-        for device_id, *values in db.session.execute(
-                select(result_table.c.device_id, *(result_table.c[f] for f in fields))
-                .where(result_table.c.device_id.in_(part)).order_by(result_table.c.id)):
-            stored.setdefault(device_id, []).append(dict(zip(fields, values)))
-    for start in range(0, len(with_plan), 500):
-        part = with_plan[start:start + 500]
-        for device_id, items, declarations, last_report_at in db.session.execute(
-                select(status_table.c["device_id"], status_table.c["items"], status_table.c["declarations"],
-                       status_table.c.last_report_at).where(status_table.c.device_id.in_(part))):
-            statuses[device_id] = SimpleNamespace(items=items, declarations=declarations, last_report_at=last_report_at)
-
+    stored = _stored_results([device.id for device, *_ in inputs])
+    statuses = _stored_statuses(with_plan)
     deliveries = delivery_notes(with_plan)
     evaluations: dict[tuple, Evaluation] = {}
     inserts, updates, changes, deletes = [], [], [], []
@@ -296,6 +280,41 @@ def record_results_bulk(inputs, now: datetime) -> None:
                                 previous_state=gone["state"], detail="the policy no longer reaches this device",
                                 target_version=gone["target_version"], deadline_local=gone["deadline_local"]))
             deletes.append(gone["id"])
+    _write_results(inserts, updates, changes, deletes, now)
+
+
+def _stored_results(device_ids: list[int]) -> dict[int, list[dict]]:
+    """device id -> its stored result rows (id, policy, state, target, deadline), one query per 500."""
+    table = PolicyResult.__table__
+    fields = ("id", "policy_id", "state", "target_version", "deadline_local")
+    stored: dict[int, list[dict]] = {}
+    for start in range(0, len(device_ids), 500):
+        part = device_ids[start:start + 500]
+        for device_id, *values in db.session.execute(
+                select(table.c.device_id, *(table.c[f] for f in fields))
+                .where(table.c.device_id.in_(part)).order_by(table.c.id)):
+            stored.setdefault(device_id, []).append(dict(zip(fields, values)))
+    return stored
+
+
+def _stored_statuses(device_ids: list[int]) -> dict[int, SimpleNamespace]:
+    """device id -> the status it reported (items, declarations, last report), one query per 500."""
+    table = DeviceStatus.__table__
+    statuses: dict[int, SimpleNamespace] = {}
+    for start in range(0, len(device_ids), 500):
+        part = device_ids[start:start + 500]
+        for device_id, items, declarations, last_report_at in db.session.execute(
+                select(table.c["device_id"], table.c["items"], table.c["declarations"],
+                       table.c.last_report_at).where(table.c.device_id.in_(part))):
+            statuses[device_id] = SimpleNamespace(items=items, declarations=declarations, last_report_at=last_report_at)
+    return statuses
+
+
+def _write_results(inserts: list[dict], updates: list[dict], changes: list[dict], deletes: list[int],
+                   now: datetime) -> None:
+    """The bulk writes of ``record_results_bulk``: new rows, updated rows (state_since moves with the state),
+    history rows, and rows of policies that no longer reach the device."""
+    result_table = PolicyResult.__table__
     if inserts:
         db.session.execute(insert(result_table), inserts)
     columns = ("state", "detail", "updated_at", "policy_name", "target_version", "target_build", "deadline_local",

@@ -412,18 +412,7 @@ def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dic
     table = Command.__table__
     supersede: list[int] = []
     rewrites: list[dict] = []
-    waiting_sync: dict[int, list[tuple[int, str]]] = {}
-    waiting_profile: dict[int, list[tuple[int, bytes]]] = {}
-    for part in _parts(sorted(set(profile_wanted) | set(sync_wanted))):
-        query = (select(table.c.id, table.c.device_id, table.c.request_type, table.c.uuid, table.c.payload)
-                 .where(table.c.device_id.in_(part), table.c.status == "queued",
-                        table.c.request_type.in_(("DeclarativeManagement", "InstallProfile", "RemoveProfile")))
-                 .order_by(table.c.id))
-        for command_id, device_id, request_type, command_uuid, payload in db.session.execute(query):
-            if request_type == "DeclarativeManagement":
-                waiting_sync.setdefault(device_id, []).append((command_id, command_uuid))
-            else:
-                waiting_profile.setdefault(device_id, []).append((command_id, payload))
+    waiting_sync, waiting_profile = _waiting_commands(sorted(set(profile_wanted) | set(sync_wanted)))
     new_commands: list[dict] = []
     pushed: list[int] = []
     for device_id in device_ids:
@@ -468,6 +457,26 @@ def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dic
         db.session.execute(insert(table), new_commands)
         log.info("queued %d commands for %d devices (declarations changed)", len(new_commands), len(pushed))
     return pushed
+
+
+def _waiting_commands(device_ids: list[int]) -> tuple[dict[int, list[tuple[int, str]]],
+                                                     dict[int, list[tuple[int, bytes]]]]:
+    """The still-queued DeclarativeManagement commands (id, uuid) and profile commands (id, payload) of
+    these devices, oldest first."""
+    table = Command.__table__
+    waiting_sync: dict[int, list[tuple[int, str]]] = {}
+    waiting_profile: dict[int, list[tuple[int, bytes]]] = {}
+    for part in _parts(device_ids):
+        query = (select(table.c.id, table.c.device_id, table.c.request_type, table.c.uuid, table.c.payload)
+                 .where(table.c.device_id.in_(part), table.c.status == "queued",
+                        table.c.request_type.in_(("DeclarativeManagement", "InstallProfile", "RemoveProfile")))
+                 .order_by(table.c.id))
+        for command_id, device_id, request_type, command_uuid, payload in db.session.execute(query):
+            if request_type == "DeclarativeManagement":
+                waiting_sync.setdefault(device_id, []).append((command_id, command_uuid))
+            else:
+                waiting_profile.setdefault(device_id, []).append((command_id, payload))
+    return waiting_sync, waiting_profile
 
 
 def _command_row(run: _RefreshRun, device_id: int, request_type: str, template: bytes) -> dict:
