@@ -28,6 +28,7 @@ from .commands.base import json_safe
 from ..extensions import db
 from ..models import Command, Device, utcnow
 from ..plistio import dumps
+from ..push.apns import request_push
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,11 @@ def enqueue_bulk(devices, request_type: str, *, queued_by: str = "system", push:
 
 
 def _request_push_ids(device_ids: list[int]) -> None:
-    from ..push.apns import request_push
     request_push(device_ids)
 
 
 def request_push_for(device: Device) -> None:
     """Ask the push room to wake the device (recorded in this transaction, sent after commit)."""
-    from ..push.apns import request_push
     request_push([device.id])
 
 
