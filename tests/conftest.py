@@ -14,6 +14,7 @@ import pytest
 
 import apps
 import device_identity
+from db_recorder import Recorder
 from ddm_kit import load_snapshot_as_of_today
 from pushcert_kit import make_apple_chain
 from server_process import ServerProcess, free_port
@@ -70,6 +71,15 @@ def app(request, app_factory):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def recorder(app):
+    """What the request under test does to the database: statements, commits, the writer lock
+    (tests/support/db_recorder.py)."""
+    rec = Recorder(app)
+    yield rec
+    rec.close()
 
 
 @pytest.fixture

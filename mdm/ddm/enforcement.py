@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from ..extensions import db
-from ..models import Device, audit, audit_update, group_members, utcnow
+from ..models import Device, audit, audit_update, utcnow
 from . import catalog
 from . import enforcement_scope as scope
 from . import results as patch_results
 from . import spine
 from .declarations import with_server_token
 from .enforcement_models import EnforcementBinding, EnforcementPolicy, EnforcementResult
-from .policies import FieldError, PolicyError, find_device, find_group
+from .policies import FieldError, PolicyError, binding_devices, resolve_targets, target_label
 from .state_models import DeclarationSet, DeviceStatus
 from .status import item
 from .sync import plan_for
@@ -271,11 +271,11 @@ def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: st
     """Bind to devices (id, UDID, serial) and/or device groups (name or id); existing bindings are kept.
     Refused when no model in the resulting scope can install the target version."""
     policy = require_policy(ref)
-    targets = _resolve_targets(devices, groups)
+    targets = resolve_targets(devices, groups)
     created, affected = [], set()
     new_scope = scope.devices_reached(policy.id)
     for kind, obj in targets:
-        new_scope |= _binding_devices(kind, obj)
+        new_scope |= binding_devices(kind, obj)
     problem, _warnings = check_catalog(policy.target_version, policy.target_build, new_scope)
     if problem:
         raise PolicyError([problem])
@@ -286,9 +286,9 @@ def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: st
         binding = EnforcementBinding(policy=policy, **{f"{kind}_id": obj.id})
         db.session.add(binding)
         created.append(binding)
-        affected |= _binding_devices(kind, obj)
+        affected |= binding_devices(kind, obj)
         audit("enforcement_policy.bind", actor=actor, source=source, object_type="enforcement_policy",
-              object_id=policy.id, after={kind: obj.id, "name": _label(kind, obj)})
+              object_id=policy.id, after={kind: obj.id, "name": target_label(kind, obj)})
     _refresh(affected)
     return created
 
@@ -297,49 +297,18 @@ def unbind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: 
                   source: str | None = None) -> int:
     policy = require_policy(ref)
     removed, affected = 0, set()
-    for kind, obj in _resolve_targets(devices, groups):
+    for kind, obj in resolve_targets(devices, groups):
         column = EnforcementBinding.device_id if kind == "device" else EnforcementBinding.group_id
         binding = EnforcementBinding.query.filter(EnforcementBinding.policy_id == policy.id, column == obj.id).first()
         if binding is None:
             continue
         db.session.delete(binding)
         removed += 1
-        affected |= _binding_devices(kind, obj)
+        affected |= binding_devices(kind, obj)
         audit("enforcement_policy.unbind", actor=actor, source=source, object_type="enforcement_policy",
-              object_id=policy.id, before={kind: obj.id, "name": _label(kind, obj)})
+              object_id=policy.id, before={kind: obj.id, "name": target_label(kind, obj)})
     _refresh(affected)
     return removed
-
-
-def _resolve_targets(devices, groups) -> list[tuple[str, object]]:
-    targets, errors = [], []
-    for ref in devices:
-        device = find_device(ref)
-        if device is None:
-            errors.append(FieldError("device", f"no device {ref!r} (give an id, UDID or serial number)"))
-        else:
-            targets.append(("device", device))
-    for ref in groups:
-        group = find_group(ref)
-        if group is None:
-            errors.append(FieldError("group", f"no device group {ref!r}"))
-        else:
-            targets.append(("group", group))
-    if errors:
-        raise PolicyError(errors)
-    if not targets:
-        raise PolicyError("give at least one device or group", field="binding")
-    return targets
-
-
-def _binding_devices(kind: str, obj) -> set[int]:
-    if kind == "device":
-        return {obj.id}
-    return {d for (d,) in db.session.query(group_members.c.device_id).filter(group_members.c.group_id == obj.id)}
-
-
-def _label(kind: str, obj) -> str:
-    return obj.name if kind == "group" else (obj.serial_number or obj.udid)
 
 
 def policy_summary(policy: EnforcementPolicy) -> dict:

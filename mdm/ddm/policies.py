@@ -490,7 +490,7 @@ def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: st
                 source: str | None = None) -> list[PolicyBinding]:
     """Bind to devices (id, UDID, serial) and/or device groups (name or id). Existing bindings are kept."""
     policy = require_policy(ref)
-    targets = _resolve_targets(devices, groups)
+    targets = resolve_targets(devices, groups)
     created, affected = [], set()
     for kind, obj in targets:
         column = PolicyBinding.device_id if kind == "device" else PolicyBinding.group_id
@@ -499,9 +499,9 @@ def bind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: st
         binding = PolicyBinding(policy=policy, **{f"{kind}_id": obj.id})
         db.session.add(binding)
         created.append(binding)
-        affected |= _binding_devices(kind, obj)
+        affected |= binding_devices(kind, obj)
         audit("patch_policy.bind", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
-              after={kind: obj.id, "name": _label(kind, obj)})
+              after={kind: obj.id, "name": target_label(kind, obj)})
     db.session.flush()
     _recompute(affected)
     finish()
@@ -514,23 +514,25 @@ def unbind_policy(ref, *, devices: Iterable = (), groups: Iterable = (), actor: 
     bindings are not (the end state is what was asked for)."""
     policy = require_policy(ref)
     removed, affected = 0, set()
-    for kind, obj in _resolve_targets(devices, groups):
+    for kind, obj in resolve_targets(devices, groups):
         column = PolicyBinding.device_id if kind == "device" else PolicyBinding.group_id
         binding = PolicyBinding.query.filter(PolicyBinding.policy_id == policy.id, column == obj.id).first()
         if binding is None:
             continue
         db.session.delete(binding)
         removed += 1
-        affected |= _binding_devices(kind, obj)
+        affected |= binding_devices(kind, obj)
         audit("patch_policy.unbind", actor=actor, source=source, object_type="patch_policy", object_id=policy.id,
-              before={kind: obj.id, "name": _label(kind, obj)})
+              before={kind: obj.id, "name": target_label(kind, obj)})
     db.session.flush()
     _recompute(affected)
     finish()
     return removed
 
 
-def _resolve_targets(devices, groups) -> list[tuple[str, object]]:
+def resolve_targets(devices, groups) -> list[tuple[str, object]]:
+    """("device", Device) / ("group", DeviceGroup) for each reference, or PolicyError naming what is
+    unknown; shared by every policy kind that binds to devices and groups."""
     targets, errors = [], []
     for ref in devices:
         device = find_device(ref)
@@ -551,13 +553,14 @@ def _resolve_targets(devices, groups) -> list[tuple[str, object]]:
     return targets
 
 
-def _binding_devices(kind: str, obj) -> set[int]:
+def binding_devices(kind: str, obj) -> set[int]:
+    """The device ids a binding target reaches (a device, or a group's members)."""
     if kind == "device":
         return {obj.id}
     return {d for (d,) in db.session.query(group_members.c.device_id).filter(group_members.c.group_id == obj.id)}
 
 
-def _label(kind: str, obj) -> str:
+def target_label(kind: str, obj) -> str:
     return obj.name if kind == "group" else (obj.serial_number or obj.udid)
 
 

@@ -18,15 +18,7 @@ from mdm.extensions import db
 from mdm.models import Device, utcnow
 from device_identity import DeviceIdentity
 from ddm_kit import RING, load_snapshot_as_of_today as load_current_catalog
-from db_recorder import Recorder
 from device_identity import drain
-
-
-@pytest.fixture
-def recorder(app):
-    rec = Recorder(app)
-    yield rec
-    rec.close()
 
 
 @pytest.fixture

@@ -23,13 +23,6 @@ from mdm.models import Command, Device, DeviceCertificate, utcnow
 
 
 @pytest.fixture
-def recorder(app):
-    rec = Recorder(app)
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
 def enrolled(app, client):
     ident = DeviceIdentity(app)
     ident.enroll(client)
