@@ -74,6 +74,21 @@ def client(app):
 
 
 @pytest.fixture
+def ctx(app):
+    """The default app with its application context pushed, for tests that call services directly."""
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def ca(app):
+    """Our CA certificate (the issuer every device identity must chain to)."""
+    from mdm.pki import get_pki
+    with app.app_context():
+        return get_pki().ca_cert
+
+
+@pytest.fixture
 def recorder(app):
     """What the request under test does to the database: statements, commits, the writer lock
     (tests/support/db_recorder.py)."""

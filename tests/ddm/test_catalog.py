@@ -22,12 +22,6 @@ FEED_2026 = json.loads((FEEDS / "gdmf-pmv-sample.json").read_text())
 APPLE_ROOT_SHA256 = "B0B1730ECBC7FF4505142C49F1295E6EDA6BCAED7E2C68C5BE91B5A11001F024"
 
 
-@pytest.fixture
-def ctx(app):
-    with app.app_context():
-        yield app
-
-
 def rows():
     from mdm.ddm.models import CatalogRelease
     return {(r.product_version, r.build): r for r in CatalogRelease.query.all()}

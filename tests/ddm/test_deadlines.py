@@ -24,12 +24,6 @@ SOFA = json.loads((FEEDS / "sofa-ios-sample.json").read_text())
 D = dt.datetime
 
 
-@pytest.fixture
-def ctx(app):
-    with app.app_context():
-        yield app
-
-
 def history_index(now, sofa_feed=SOFA):
     """The real release history as the catalog, SOFA's real feed stored as the vulnerability data."""
     from mdm.ddm import catalog, plan, sofa

@@ -21,12 +21,6 @@ HISTORY = json.loads((FEEDS / "gdmf-pmv-ios-history.json").read_text())
 D = dt.datetime
 
 
-@pytest.fixture
-def ctx(app):
-    with app.app_context():
-        yield app
-
-
 # ---- parsing the real feed ----------------------------------------------------------------------------
 
 # version -> (CVEs fixed, actively exploited CVEs), as SOFA's 2026-08-22 feed lists them

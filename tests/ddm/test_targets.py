@@ -21,12 +21,6 @@ FEED_2026 = json.loads((FEEDS / "gdmf-pmv-sample.json").read_text())
 D = dt.datetime
 
 
-@pytest.fixture
-def ctx(app):
-    with app.app_context():
-        yield app
-
-
 def index_for(feed, now):
     from mdm.ddm import catalog, plan
     catalog.apply_feed(feed, "test-feed", now=now)

@@ -15,15 +15,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from device_identity import (DeviceIdentity, checkin_message, device_key, expired_identity, sign_cryptography,
                              sign_openssl, use_topic_of)
 from mdm.protocol import certauth
-from mdm.pki import create_ca, get_pki, issue_certificate
+from mdm.pki import create_ca, issue_certificate
 from mdm.models import Device, DeviceCertificate
 from refusals import assert_refused, auth_failures, stored_counts
-
-
-@pytest.fixture
-def ca(app):
-    with app.app_context():
-        return get_pki().ca_cert
 
 
 # --- verify_mdm_signature, no database ------------------------------------------------------------------------

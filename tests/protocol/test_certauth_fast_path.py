@@ -15,14 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mdm.protocol import certauth
-from mdm.pki import get_pki
+
 from device_identity import DeviceIdentity, sign_cryptography, sign_openssl
-
-
-@pytest.fixture
-def ca(app):
-    with app.app_context():
-        return get_pki().ca_cert
 
 
 MALFORMED = "Mdm-Signature is not a CMS structure"
