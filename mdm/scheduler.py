@@ -182,11 +182,11 @@ def _start(app, jobs, lock) -> BackgroundScheduler:
             first = _first_run(now, interval, last_runs.get(job_id(func)), requested_first)
             # start_date anchors the rhythm at the first run: later runs come every interval after it.
             scheduler.add_job(_in_context(app, func), IntervalTrigger(**args, start_date=first, timezone="UTC"),
-                              id=job_id(func), replace_existing=True, next_run_time=first)
+                              id=job_id(func), name=job_id(func), replace_existing=True, next_run_time=first)
         else:
             extra = {"next_run_time": requested_first} if requested_first else {}
-            scheduler.add_job(_in_context(app, func), trigger, id=job_id(func), replace_existing=True,
-                              **args, **extra)
+            scheduler.add_job(_in_context(app, func), trigger, id=job_id(func), name=job_id(func),
+                              replace_existing=True, **args, **extra)
     scheduler.start()
     app.extensions["mdm_scheduler"] = scheduler
     app.extensions["mdm_scheduler_lock"] = lock

@@ -36,6 +36,9 @@ def test_scheduler_runs_every_rooms_jobs(app):
         ids = {job.id for job in scheduler.get_jobs()}
         assert {"mdm.push.apns.process_due_pushes", "mdm.ddm.jobs.refresh_catalog", "mdm.ddm.jobs.recompute_all",
                 "mdm.enroll.scep.purge_stale_challenges"} <= ids
+        # The scheduler's own log lines name the job ("Running job mdm.ddm.jobs.refresh_catalog ..."),
+        # not the wrapper that runs it in the app context.
+        assert all(job.name == job.id for job in scheduler.get_jobs())
     finally:
         stop_scheduler(app)
 
