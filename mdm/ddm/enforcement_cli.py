@@ -6,44 +6,11 @@ The CLI is an edge: it commits what the service flushed.
 """
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
 from ..cli import mdm_cli
-from ..unit_of_work import edge
 from . import enforcement
-from .policies import PolicyError
-
-ACTOR = "cli"
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
-
-
-def _emit(as_json: bool, data, text_lines) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str, sort_keys=True))
-    else:
-        for line in text_lines() if callable(text_lines) else text_lines:
-            click.echo(line)
-
-
-def _fail(as_json: bool, errors: list[dict]) -> None:
-    if as_json:
-        click.echo(json.dumps({"ok": False, "errors": errors}, indent=2))
-    else:
-        for e in errors:
-            click.echo(f"error: {e['field']}: {e['message']}", err=True)
-    sys.exit(1)
-
-
-def _run(as_json: bool, func, *args, **kwargs):
-    try:
-        with edge(f"cli:enforcement:{getattr(func, '__name__', 'command')}"):   # a CLI command is an edge
-            return func(*args, **kwargs)
-    except PolicyError as exc:
-        _fail(as_json, [{"field": e.field, "message": e.message} for e in exc.errors])
-
+from .cli import ACTOR, _emit, _run, json_option   # the DDM room's one set of CLI helpers
 
 @mdm_cli.group("enforcement")
 def enforcement_cli():

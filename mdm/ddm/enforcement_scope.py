@@ -28,11 +28,10 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
-from . import catalog
 from . import declarations as decl
 from .enforcement_models import EnforcementBinding, EnforcementPolicy
-from .models import CatalogRelease
-from .targets import ReleaseIndex, build_release_index, version_key
+from .plan import release_index   # catalog releases per model, cached per generation
+from .targets import ReleaseIndex, version_key
 
 IDENTIFIER_PREFIX = "mdm.enforce."
 NOT_IOS = "not an iOS or iPadOS device"
@@ -69,21 +68,6 @@ class Enforcement:
 
 
 # ---- the catalog, per model --------------------------------------------------------------------------
-
-_index_cache: dict[str, tuple[int, ReleaseIndex]] = {}
-
-
-def release_index() -> ReleaseIndex:
-    """Per-model releases from the stored catalog, rebuilt when the catalog's generation moves."""
-    key = str(db.engine.url)
-    generation = catalog.generation()
-    cached = _index_cache.get(key)
-    if cached and cached[0] == generation:
-        return cached[1]
-    index = build_release_index(CatalogRelease.query.filter(CatalogRelease.kind == "os").all())
-    _index_cache[key] = (generation, index)
-    return index
-
 
 def availability(index: ReleaseIndex, model: str, version: str, build: str | None,
                  now: dt.datetime) -> str | None:

@@ -153,9 +153,9 @@ def security_by_version() -> dict[tuple[int, ...], ReleaseSecurity]:
 
 
 def generation() -> int:
-    """Changes whenever the feed in use changes (cache key for the release index)."""
-    row = _row()
-    return row.generation if row is not None else 0
+    """Changes whenever the feed in use changes (cache key for the release index). Reads the one column,
+    not the stored feed."""
+    return db.session.query(SofaFeed.generation).filter(SofaFeed.id == 1).scalar() or 0
 
 
 # ---- storing ----------------------------------------------------------------------------------------

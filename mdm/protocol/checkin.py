@@ -235,7 +235,10 @@ def register_read_handler(message_type: str, handler: RoomReadHandler, endpoints
 
 
 def read_handler(message_type: str, endpoint) -> RoomReadHandler | None:
-    """The registered read path for this message type and endpoint, or None."""
+    """The registered read path for this message type and endpoint, or None (also for values a hostile
+    plist may carry instead of strings)."""
+    if not isinstance(message_type, str):
+        return None
     handler, endpoints = _READ_HANDLERS.get(message_type, (None, frozenset()))
     return handler if isinstance(endpoint, str) and endpoint in endpoints else None
 

@@ -69,7 +69,7 @@ def _declarative_management_read(identity, message: dict) -> Reply | None:
     read transaction of its own (no writer lock, nothing committed). None: take the write path
     (``checkin.handle``), which validates, decides and stores everything again."""
     serve_unchanged = checkin.read_handler(message.get("MessageType"), message.get("Endpoint"))
-    if (serve_unchanged is None or message.get("MessageType") != "DeclarativeManagement"
+    if (serve_unchanged is None
             or any(key in message for key in ("Topic", "Data", "UserID", "EnrollmentUserID", "UserShortName"))
             or db.session().in_transaction()):
         return None

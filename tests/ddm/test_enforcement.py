@@ -109,7 +109,8 @@ def test_an_expired_release_is_not_enforceable(feed2024):
     later = dt.datetime(2024, 12, 20, 9)
     errors = errors_of({**VALID_2024, "enforce_at": "2025-01-10T09:00"}, now=later)
     assert "for any iPhone or iPad model, or it has expired" in errors["target_version"]
-    from mdm.ddm.enforcement_scope import availability, release_index
+    from mdm.ddm.enforcement_scope import availability
+    from mdm.ddm.plan import release_index
     assert "expired for iPhone15,2 on 2024-12-19" in availability(release_index(), "iPhone15,2", "18.0", None, later)
     # Expired ON its ExpirationDate (docs/patch-policies.md): the day before it is still enforceable.
     assert availability(release_index(), "iPhone15,2", "18.0", None, dt.datetime(2024, 12, 18, 23)) is None

@@ -271,6 +271,19 @@ def test_wrong_types_on_the_command_endpoint(app, client, enrolled, caplog, mess
     assert command_states(app) == states
 
 
+@pytest.mark.parametrize("message_type", [["DeclarativeManagement"], {"a": 1}, 7])
+def test_a_message_type_that_is_not_a_string_is_400_on_the_check_in_endpoint(app, client, enrolled, caplog,
+                                                                             message_type):
+    """The DDM read path looks the message type up before anything else: a list or dictionary there is a
+    refusal, not a server error."""
+    before = every_table(app)
+    with caplog.at_level(logging.INFO):
+        response = enrolled.put(client, "/mdm/checkin", {"MessageType": message_type, "UDID": enrolled.udid,
+                                                         "Endpoint": "tokens"})
+    assert response.status_code == 400
+    assert every_table(app) == before
+
+
 def test_empty_body_and_trailing_junk_on_the_command_endpoint(app, client, enrolled, caplog):
     before = every_table(app)
     with caplog.at_level(logging.INFO):
