@@ -61,8 +61,8 @@ class Defaults:
     SECRETS_KEY = None
     SECRETS_KEY_FILE = None
     # Production server (python -m mdm.run, granian): processes, threads and timeouts, see mdm/server/serve.py.
-    WORKERS = 1
-    THREADS = 16
+    WORKERS = 1                     # or "auto": one per CPU core
+    THREADS = 4
     REQUEST_TIMEOUT_SECONDS = 30
     REQUEST_BODY_DEADLINE_SECONDS = 60
     SHUTDOWN_TIMEOUT_SECONDS = 5

@@ -19,6 +19,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import operator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Iterable
@@ -131,6 +132,7 @@ def _strictness(policy: PatchPolicy) -> tuple:
 _FIELDS = ("policy_id", "binding", "target_version", "target_build", "deadline_local", "deadline_utc", "reason",
            "compliant", "conflicts", "settings_digest", "deadline_anchor_version", "deadline_note", "applied_at")
 _COMPARED = _FIELDS[:-1]
+_compared = operator.itemgetter(*_COMPARED)   # a stored plan and a new one differ when these values do
 
 
 def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None) -> set[int]:
@@ -178,7 +180,7 @@ def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | 
                **_plan_row(device, winner_id, settings, index, plan_cache, applied_at, now)}
         if old is None:
             inserts.append({"device_id": device_id, "changed_at": now, **new})
-        elif any(old[f] != new[f] for f in _COMPARED):
+        elif _compared(old) != _compared(new):
             updates.append({"b_device_id": device_id, "changed_at": now, **new})
 
     _store_plans(inserts, updates, deletes)

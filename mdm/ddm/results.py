@@ -453,18 +453,20 @@ def _push_identity_problem() -> str | None:
         return f"push identity unusable: {exc}"
 
 
-def _latest_pushes(device_ids: list[int]) -> dict[int, PushRequest]:
-    latest: dict[int, PushRequest] = {}
+def _latest_pushes(device_ids: list[int]):
+    """device id -> its newest push request (status, attempts, last_reason, sent_at), read as plain rows."""
+    table = PushRequest.__table__
+    latest = {}
     for start in range(0, len(device_ids), _CHUNK):
-        newest = (db.select(db.func.max(PushRequest.id))
-                  .where(PushRequest.device_id.in_(device_ids[start:start + _CHUNK]))
-                  .group_by(PushRequest.device_id))
-        for row in db.session.scalars(db.select(PushRequest).where(PushRequest.id.in_(newest))):
+        newest = (select(db.func.max(table.c.id)).where(table.c.device_id.in_(device_ids[start:start + _CHUNK]))
+                  .group_by(table.c.device_id))
+        for row in db.session.execute(select(table.c.device_id, table.c.status, table.c.attempts,
+                                             table.c.last_reason, table.c.sent_at).where(table.c.id.in_(newest))):
             latest[row.device_id] = row
     return latest
 
 
-def _queued_note(problem: str | None, push: PushRequest | None) -> str:
+def _queued_note(problem: str | None, push) -> str:
     if problem:
         return f"{QUEUED}; pushes cannot work: {problem}"
     if push is None:

@@ -20,7 +20,7 @@ import logging
 import plistlib
 import uuid
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import bindparam, exists, literal, select
 
 from . import commands
 from .commands import CommandError
@@ -118,7 +118,9 @@ _devices = Device.__table__
 # it, in one round trip. Built once, so SQLAlchemy compiles it once.
 _IDLE_FACTS = (select(_devices.c.last_seen_at,
                       exists().where(_commands.c.device_id == _devices.c.id,
-                                     _commands.c.status.in_(OFFERABLE)).label("waiting"))
+                                     # one bound value per status, not an expanding list: a statement
+                                     # with an expanding IN is re-processed on every execution
+                                     _commands.c.status.in_([literal(s) for s in OFFERABLE])).label("waiting"))
                .where(_devices.c.id == bindparam("device_id"), _devices.c.udid == bindparam("udid")))
 
 

@@ -146,7 +146,8 @@ def _device_request(endpoint: str, limit: int, service) -> Response:
         identity = certauth.identify(current_app.config, remote, request.headers, body, get_pki().ca_cert)
         message = loads_xml(body)
         reply = service(identity, message, body)
-        db.session.commit()
+        if db.session().in_transaction():   # the read paths leave the session untouched: nothing to commit
+            db.session.commit()
     except BodyTooLarge as exc:
         db.session.rollback()
         _audit_refusal("device.body_too_large", endpoint, remote, None, str(exc))

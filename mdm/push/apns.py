@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import httpx
 from flask import current_app
-from sqlalchemy import event
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import cert as pushcert
@@ -83,32 +83,40 @@ class PushResult:
 # ---------------------------------------------------------------- queueing (request path)
 
 
-def request_push(device_ids) -> list[PushRequest]:
+def request_push(device_ids) -> list[int]:
     """Ask for a push to each device, in the caller's transaction: nothing is sent until it commits.
+    Returns the device ids, sorted, without repeats.
 
     Keeps one pending row per device: a device with a pending row gets that row's ``requested_at``
-    bumped (so a push already in flight is sent again afterwards) instead of a second row.
+    bumped (so a push already in flight is sent again afterwards) instead of a second row. Written with
+    bulk statements (a policy edit can wake a whole fleet at once), past the session's identity map:
+    PushRequest objects already loaded in this session are expired so they read the new values.
     """
     ids = sorted({int(i) for i in device_ids})
     if not ids:
         return []
     now = utcnow()
-    rows = []
+    session = db.session()
+    table = PushRequest.__table__
+    bumped = False
     for start in range(0, len(ids), BATCH_SIZE):
         chunk = ids[start:start + BATCH_SIZE]
-        pending = {r.device_id: r for r in db.session.scalars(
-            db.select(PushRequest).where(PushRequest.device_id.in_(chunk), PushRequest.status == "pending"))}
-        for device_id in chunk:
-            row = pending.get(device_id)
-            if row is None:
-                row = PushRequest(device_id=device_id, status="pending", requested_at=now, next_attempt_at=now)
-                db.session.add(row)
-            else:
-                row.requested_at = now
-            rows.append(row)
-    session = db.session()
+        pending = set(session.scalars(select(table.c.device_id)
+                                      .where(table.c.device_id.in_(chunk), table.c.status == "pending")))
+        if pending:
+            session.execute(update(table).where(table.c.device_id.in_(sorted(pending)), table.c.status == "pending")
+                            .values(requested_at=now))
+            bumped = True
+        fresh = [{"device_id": device_id, "status": "pending", "attempts": 0, "requested_at": now,
+                  "next_attempt_at": now, "created_at": now} for device_id in chunk if device_id not in pending]
+        if fresh:
+            session.execute(insert(table), fresh)
+    if bumped:
+        for loaded in list(session.identity_map.values()):
+            if isinstance(loaded, PushRequest):
+                session.expire(loaded)
     session.info["mdm_push_app"] = current_app._get_current_object()
-    return rows
+    return ids
 
 
 @event.listens_for(Session, "after_commit")
@@ -174,11 +182,13 @@ def send_now(device_ids) -> list[PushResult]:
     app = current_app._get_current_object()
     wanted = [int(i) for i in device_ids]
     known = set(db.session.scalars(db.select(Device.id).where(Device.id.in_(wanted))))
-    rows = request_push([i for i in wanted if i in known])
+    requested = request_push([i for i in wanted if i in known])
     db.session.info.pop("mdm_push_app", None)  # sent right here, not by the background sender
     db.session.commit()
     with _send_lock:
-        by_device = {r.device_id: r for r in _send_rows(app, [db.session.get(PushRequest, r.id) for r in rows])}
+        rows = db.session.scalars(db.select(PushRequest).where(PushRequest.device_id.in_(requested),
+                                                               PushRequest.status == "pending")).all()
+        by_device = {r.device_id: r for r in _send_rows(app, rows)}
     return [by_device.get(i) or PushResult(i, "skipped" if i not in known else "pending",
                                            reason="no such device" if i not in known else "taken by another sender")
             for i in wanted]

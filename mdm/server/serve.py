@@ -19,9 +19,12 @@ Limits and deadlines (settings ``MDM_*``):
 - ``REQUEST_BODY_DEADLINE_SECONDS`` (60): the whole body must arrive within this time, however
   slowly it trickles in; otherwise 408 and the connection is closed.
 - TLS handshakes not finished within 10 s are dropped (granian's fixed handshake timeout).
-- ``THREADS`` (16): Python threads per worker process running the app.
-- ``WORKERS`` (1): worker processes; each runs the whole app. The scheduler runs in exactly one of
-  them (the scheduler lock, ``mdm.scheduler``), whatever the count.
+- ``THREADS`` (4): Python threads per worker process running the app. More threads do not make one
+  process faster: they take turns at the interpreter lock, and on an idle 2-core machine 16 threads
+  served 18 % fewer check-ins than 4, at 28 % more CPU each (docs/benchmarks.md, "third pass").
+- ``WORKERS`` (1, or ``auto`` for one per CPU core): worker processes; each runs the whole app. Use
+  one per core for throughput (2 workers served 2.4x one on 2 cores, SQLite). The scheduler runs in
+  exactly one of them (the scheduler lock, ``mdm.scheduler``), whatever the count.
 - ``SHUTDOWN_TIMEOUT_SECONDS`` (5): after SIGTERM/SIGINT, requests in flight get this long to
   finish; then the workers are killed. Idle and half-open connections are simply closed.
 
@@ -56,6 +59,10 @@ PRODUCTION_TARGET = "mdm.server.serve:production_worker_app"
 
 _MAX_HEADER_TIMEOUT_MS = 60_000   # granian's upper bound for the header read timeout
 _supervisor_pid: int | None = None   # set in the process that builds the server; forked workers inherit it
+
+
+class WorkersSettingError(ValueError):
+    """``WORKERS`` is neither a positive number nor ``auto``."""
 
 
 class BodyTooLarge(Exception):
@@ -240,8 +247,24 @@ def bridge_for(app, *, with_scheduler: bool = False) -> WSGIBridge:
     config = app.config
     return WSGIBridge(app, max_body_bytes=int(config["MAX_CONTENT_LENGTH"]),
                       body_deadline_seconds=float(config.get("REQUEST_BODY_DEADLINE_SECONDS") or 60),
-                      threads=int(config.get("THREADS") or 16), multiprocess=int(config.get("WORKERS") or 1) > 1,
+                      threads=int(config.get("THREADS") or 4), multiprocess=worker_count(config) > 1,
                       on_shutdown=shutdown)
+
+
+def worker_count(config) -> int:
+    """``WORKERS``: a positive number, or ``auto`` for one worker per CPU core this process may use."""
+    value = config.get("WORKERS")
+    if value is None or value == "":
+        return 1
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or isinstance(value, bool):
+        raise WorkersSettingError(f"WORKERS must be a positive number or 'auto', not {value!r}")
+    return count
 
 
 def production_worker_app() -> WSGIBridge:
@@ -293,7 +316,7 @@ def build_server(app, *, target: str = PRODUCTION_TARGET, factory: bool = True):
         key_path = tls_key_memfd(read_private_key_pem(pki.tls_key_path, pki.box))
     server = Server(
         target, address=str(config["LISTEN_HOST"]), port=int(config["PORT"]), interface=Interfaces.RSGI,
-        factory=factory, workers=int(config.get("WORKERS") or 1), http=HTTPModes.http1, websockets=False,
+        factory=factory, workers=worker_count(config), http=HTTPModes.http1, websockets=False,
         runtime_threads=1, backlog=1024,
         http1_settings=HTTP1Settings(header_read_timeout=header_timeout_ms, keep_alive=True),
         log_enabled=True, log_access=False, log_dictconfig=_GRANIAN_LOGGING,

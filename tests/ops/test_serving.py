@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -205,7 +206,7 @@ def _stalled_connections(srv, idle: int, half_handshakes: int, slow_headers: int
 
 def test_idle_and_half_handshake_connections_delay_nobody(live_server):
     """200 idle TCP connections and 50 half-finished TLS handshakes (plus 30 clients stuck in their
-    headers and 30 in their body, more than the server's 16 threads) are open: a device check-in and
+    headers and 30 in their body, more than the server's threads) are open: a device check-in and
     an admin page still answer at once, every time."""
     from mdm.simulator import SimulatedDevice
     from mdm.enroll.tokens import create_token, enrollment_url
@@ -324,3 +325,31 @@ def test_mdm_run_serves_https_and_logs_json(live_server_factory):
     assert {"time", "level", "logger", "message"} <= set(access[0])
     assert any(e["logger"] == "mdm.access" and e.get("status") == 413 for e in lines)
     assert any(e["logger"] == "_granian" for e in lines)   # the server's own messages are JSON too
+
+
+@pytest.mark.parametrize("value, expected", [(None, 1), (1, 1), ("3", 3), (2, 2), ("auto", "cores"), (" AUTO ", "cores")])
+def test_workers_is_a_count_or_auto_for_one_per_core(value, expected):
+    from mdm.server.serve import worker_count
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count({"WORKERS": value}) == (cores if expected == "cores" else expected)
+
+
+@pytest.mark.parametrize("value", [0, -2, "two", "1.5", True, [2]])
+def test_a_workers_value_that_is_no_count_is_refused_by_name(value):
+    from mdm.server.serve import WorkersSettingError, worker_count
+    with pytest.raises(WorkersSettingError, match="WORKERS must be a positive number or 'auto'"):
+        worker_count({"WORKERS": value})
+
+
+def test_mdm_run_refuses_to_start_with_workers_that_is_no_count(tmp_path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MDM_")}
+    environ.update({"MDM_INSTANCE_PATH": str(tmp_path / "instance"), "MDM_CERTS_DIR": str(tmp_path / "certs"),
+                    "MDM_DATABASE_URL": f"sqlite:///{tmp_path / 'mdm.db'}", "MDM_SCHEDULER_ENABLED": "false",
+                    "MDM_LISTEN_HOST": "127.0.0.1", "MDM_PORT": "1", "MDM_WORKERS": "many",
+                    "PYTHONPATH": str(ROOT)})
+    result = subprocess.run([sys.executable, "-m", "mdm.run"], cwd=ROOT, env=environ, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "cannot start: WORKERS must be a positive number or 'auto', not 'many'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mdm.db").exists()     # refused before any first-run set-up

@@ -225,6 +225,27 @@ def test_one_pending_row_per_device_and_nothing_after_rollback(ctx, apns):
     assert apns.requests == []
 
 
+def test_requests_for_a_fleet_keep_one_pending_row_each_and_bump_the_loaded_ones(ctx, apns):
+    """request_push writes with bulk statements: a device with a pending row gets its requested_at moved
+    (also on the object this session already holds), the others one new row each, repeats folded."""
+    apns.hold()
+    devices = [add_device() for _ in range(5)]
+    push.request_push([devices[0].id, devices[1].id])
+    db.session.flush()
+    held = push_row(devices[0].id)
+    first_requested = held.requested_at
+    time.sleep(0.01)
+    assert push.request_push([d.id for d in reversed(devices)] + [devices[2].id]) == sorted(d.id for d in devices)
+    db.session.flush()
+    rows = db.session.scalars(db.select(PushRequest).order_by(PushRequest.device_id)).all()
+    assert [(r.device_id, r.status) for r in rows] == [(d.id, "pending") for d in devices]
+    assert held.requested_at > first_requested          # the loaded object reads the bumped value
+    assert {r.requested_at for r in rows} == {held.requested_at}
+    assert push.request_push([]) == []
+    db.session.rollback()
+    apns.release()
+
+
 def test_request_during_flight_sends_again(ctx, apns):
     """A command queued while its device's push is in flight must wake the device once more."""
     device = add_device()
