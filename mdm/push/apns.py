@@ -220,11 +220,13 @@ def _send_rows(app, rows: list[PushRequest]) -> list[PushResult]:
     results, jobs = [], []
     problem = _identity_problem(app)
     topic = pushcert.current_topic() if problem is None else None
+    devices = {d.id: d for d in db.session.scalars(
+        db.select(Device).where(Device.id.in_(sorted({r.device_id for r in rows}))))} if rows else {}
     for row in rows:
         if row.status != "pending":
             results.append(_result(row))  # finished meanwhile by another sender
             continue
-        device = db.session.get(Device, row.device_id)
+        device = devices.get(row.device_id)
         why_not = _why_not_push(device, topic)
         if why_not:
             row.status, row.last_reason, row.claimed_at = "skipped", why_not, None
