@@ -5,11 +5,13 @@ import base64
 import os
 import re
 import stat
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -244,6 +246,48 @@ def test_requests_for_a_fleet_keep_one_pending_row_each_and_bump_the_loaded_ones
     assert push.request_push([]) == []
     db.session.rollback()
     apns.release()
+
+
+def test_push_lookups_use_an_index_and_never_scan_or_sort_the_pending_rows(ctx, apns):
+    """SQLite once answered "this device's pending row" and "the next due rows, in order" from an index
+    on status alone: a scan (or a sort) of every pending row per lookup, quadratic for a fleet-wide
+    change. Every statement on push_requests that request_push and the sender run must search an index
+    on the device or on (status, due time), with no temporary sort."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's planner (PostgreSQL plans from table statistics)")
+    captured, test_thread, in_request_push = [], threading.get_ident(), [False]
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        # request_push's statements in this thread, the sender's in its own (not this test's own reads)
+        mine = threading.get_ident() == test_thread
+        if ((in_request_push[0] or not mine) and "push_requests" in statement and not executemany
+                and not statement.lstrip().upper().startswith("INSERT")):
+            captured.append((statement, parameters))
+    devices = [add_device(token=False) for _ in range(3)]
+    sqlalchemy.event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        for ids in ([d.id for d in devices], [devices[0].id]):
+            in_request_push[0] = True
+            push.request_push(ids)
+            in_request_push[0] = False
+            db.session.commit()
+        wait_for(lambda: all(finished_row(d.id) for d in devices), "the sender to skip the token-less devices")
+    finally:
+        sqlalchemy.event.remove(db.engine, "before_cursor_execute", capture)
+    plans = []
+    db.session.rollback()      # the test's own reads end before the plans are asked for
+    with db.engine.connect() as conn:
+        for statement, parameters in captured:
+            if statement.lstrip().upper().startswith(("SELECT", "UPDATE")) and "WHERE" in statement.upper():
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+                plans.append((statement, " / ".join(r[-1] for r in rows)))
+    lookups = [(s, p) for s, p in plans if "push_requests.status" in s]
+    assert any("device_id IN" in s for s, _ in lookups) and any("next_attempt_at" in s for s, _ in lookups)
+    for statement, plan in lookups:
+        assert "TEMP B-TREE" not in plan, (statement, plan)
+        assert ("ix_push_requests_device_status" in plan or "ix_push_requests_status_due" in plan
+                or "PRIMARY KEY" in plan or "INTEGER PRIMARY KEY" in plan), (statement, plan)
+        assert "USING INDEX ix_push_requests_status " not in plan + " ", (statement, plan)
 
 
 def test_request_during_flight_sends_again(ctx, apns):
