@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from sqlalchemy import bindparam, select
+
 from . import certauth, queue
 from ..extensions import db
 from ..models import Device, audit, utcnow
@@ -193,6 +195,37 @@ def token_update(identity, device: Device, udid: str, message: dict) -> Reply:
         log.info("%s enrolled", udid)
         device_enrolled.send(device)
     return Reply()
+
+
+_devices = Device.__table__
+# The read path of a TokenUpdate (mdm/protocol/views.py): what ``token_update`` would compare, in one round trip.
+_TOKEN_FACTS = (select(_devices.c.enrollment_status, _devices.c.push_token, _devices.c.push_magic, _devices.c.topic,
+                       _devices.c.unlock_token, _devices.c.last_seen_at)
+                .where(_devices.c.id == bindparam("device_id"), _devices.c.udid == bindparam("udid")))
+
+
+def token_update_changes_nothing(device_id: int, udid: str, message: dict, now, connection) -> bool:
+    """True when ``handle`` would answer this TokenUpdate 200 and store nothing: the device channel of an
+    enrolled device repeating its stored Topic (still this server's), Token, PushMagic and UnlockToken (or
+    none), keys of the right types, last seen under a minute ago. Reads only, through ``connection``.
+    False means: take the write path, which validates, refuses or stores as always."""
+    if _is_user_channel(message):
+        return False
+    try:
+        topic = require(message, "Topic")
+        token = require(message, "Token", bytes)
+        push_magic = require(message, "PushMagic")
+        unlock_token = optional(message, "UnlockToken", bytes)
+        optional(message, "AwaitingConfiguration", bool)
+    except PlistError:
+        return False
+    if not token or topic != server_topic():
+        return False
+    row = connection.execute(_TOKEN_FACTS, {"device_id": device_id, "udid": udid}).one_or_none()
+    return (row is not None and row.enrollment_status == "enrolled" and row.push_token == token.hex()
+            and row.push_magic == push_magic and row.topic == topic
+            and (not unlock_token or row.unlock_token == unlock_token)
+            and not Device.seen_is_due(row.last_seen_at, now))
 
 
 # --- CheckOut --------------------------------------------------------------------------------------------

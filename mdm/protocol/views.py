@@ -5,7 +5,8 @@ plist, call the service (mdm/protocol/checkin.py, mdm/protocol/queue.py), commit
 (certificate bound and not retired, nothing waiting, last seen under a minute ago) is answered from a
 read transaction: no write lock, nothing committed; so is a DeclarativeManagement ``tokens`` or
 ``declaration-items`` check-in whose answer would store nothing (the read handler the DDM room registers,
-``checkin.register_read_handler``: ``ddm.protocol.serve_unchanged``); anything
+``checkin.register_read_handler``: ``ddm.protocol.serve_unchanged``), and a ``TokenUpdate`` that repeats the
+stored token, push magic, topic and unlock token (``checkin.token_update_changes_nothing``); anything
 else takes the write path. A device never gets 401 or 500:
 refusals are 400/403/404/410/413 with the reason logged, and a refused request stores nothing except
 its audit record: ``device.auth_failed`` (identity refused; ``object_id`` is the UDID the message
@@ -59,7 +60,24 @@ def _checkin(identity, message: dict, body: bytes) -> Reply:
     reply = _declarative_management_read(identity, message)
     if reply is not None:
         return reply
+    if _token_update_changes_nothing(identity, message):
+        return Reply()
     return checkin.handle(identity, message)
+
+
+def _token_update_changes_nothing(identity, message: dict) -> bool:
+    """The read path of a TokenUpdate that repeats what is stored (``checkin.token_update_changes_nothing``),
+    in a read transaction of its own. False: take the write path, which decides everything again."""
+    if message.get("MessageType") != "TokenUpdate" or db.session().in_transaction():
+        return False
+    try:
+        udid = checkin.message_udid(message)
+    except PlistError:
+        return False      # the write path refuses it with the reason
+    with _read_connection() as connection:
+        device_id = certauth.authorized_device_id(identity, udid, connection)
+        return device_id is not None and checkin.token_update_changes_nothing(device_id, udid, message, utcnow(),
+                                                                              connection)
 
 
 def _declarative_management_read(identity, message: dict) -> Reply | None:

@@ -167,3 +167,103 @@ def test_cache_is_out_of_use_while_a_retirement_commits(app, client, enrolled):
     assert enrolled.connect(client).status_code == 400
     assert reinstalled.checkin(client, "TokenUpdate").status_code == 200
     assert reinstalled.connect(client).status_code == 200    # the cache works again afterwards
+
+
+# ---- TokenUpdate: the same token, magic, topic and unlock token again is a read -------------------------
+
+UNLOCK = b"unlock-token-bytes"
+
+
+@pytest.fixture
+def tokened(app, client, enrolled):
+    """The enrolled device after one TokenUpdate with known values (a write: it stores them)."""
+    values = {"Token": bytes.fromhex("cd" * 32), "PushMagic": "7C1F6AB4-8E2D-4F6B-9D1A-3B5C7E9F0A12",
+              "UnlockToken": UNLOCK}
+    assert enrolled.checkin(client, "TokenUpdate", **values).status_code == 200
+    return values
+
+
+def device_row(app, udid):
+    with app.app_context():
+        device = Device.query.filter_by(udid=udid).one()
+        return (device.push_token, device.push_magic, device.unlock_token, device.push_token_invalid,
+                device.last_seen_at)
+
+
+def test_a_token_update_that_repeats_what_is_stored_writes_nothing(app, client, enrolled, tokened, recorder):
+    before = device_row(app, enrolled.udid)
+    recorder.reset()
+    for values in (tokened, {**tokened, "UnlockToken": None}, {**tokened, "AwaitingConfiguration": False}):
+        response = enrolled.checkin(client, "TokenUpdate", **values)
+        assert response.status_code == 200 and response.data == b""
+    assert recorder.writes() == [] and recorder.commits == 0 and recorder.locked_statements == 0
+    assert device_row(app, enrolled.udid) == before
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"Token": bytes.fromhex("ef" * 32)}, lambda row: row[0] == "ef" * 32),
+    ({"PushMagic": "00000000-1111-2222-3333-444444444444"}, lambda row: row[1] == "00000000-1111-2222-3333-444444444444"),
+    ({"UnlockToken": b"another-unlock-token"}, lambda row: row[2] == b"another-unlock-token"),
+])
+def test_a_token_update_that_changes_a_value_takes_the_write_path_and_stores_it(app, client, enrolled, tokened,
+                                                                                recorder, change, expect):
+    recorder.reset()
+    assert enrolled.checkin(client, "TokenUpdate", **{**tokened, **change}).status_code == 200
+    assert recorder.commits == 1 and any(s.startswith("UPDATE") for s in recorder.writes())
+    assert expect(device_row(app, enrolled.udid))
+
+
+def test_a_repeated_token_after_apns_rejected_it_stays_rejected_and_writes_nothing(app, client, enrolled, tokened,
+                                                                                  recorder):
+    with app.app_context():
+        Device.query.filter_by(udid=enrolled.udid).one().push_token_invalid = True
+        db.session.commit()
+    recorder.reset()
+    assert enrolled.checkin(client, "TokenUpdate", **tokened).status_code == 200
+    assert recorder.writes() == [] and recorder.commits == 0
+    assert device_row(app, enrolled.udid)[3] is True     # as the write path leaves it: only a new token clears it
+
+
+def test_a_token_update_with_a_stale_last_seen_time_writes_it(app, client, enrolled, tokened, recorder):
+    set_last_seen(app, enrolled.udid, utcnow() - timedelta(seconds=Device.LAST_SEEN_RESOLUTION_SECONDS + 5))
+    recorder.reset()
+    assert enrolled.checkin(client, "TokenUpdate", **tokened).status_code == 200
+    assert recorder.commits == 1
+    assert (utcnow() - last_seen(app, enrolled.udid)).total_seconds() < 5
+
+
+@pytest.mark.parametrize("change, status", [
+    ({"Topic": "com.apple.mgmt.External.not-ours"}, 400),
+    ({"Token": b""}, 400),
+    ({"PushMagic": 5}, 400),
+    ({"UnlockToken": "not bytes"}, 400),
+    ({"AwaitingConfiguration": "yes"}, 400),
+])
+def test_a_token_update_the_write_path_refuses_is_still_refused(app, client, enrolled, tokened, change, status):
+    """The read path answers only what the write path would answer 200: a wrong topic or a malformed key
+    is refused exactly as before (the wrong topic audited), although token and magic match."""
+    response = enrolled.checkin(client, "TokenUpdate", **{**tokened, **change})
+    assert response.status_code == status
+    if "Topic" in change:
+        from mdm.models import AuditEvent
+        with app.app_context():
+            assert AuditEvent.query.filter_by(action="device.topic_refused", object_id=enrolled.udid).count() == 1
+
+
+def test_a_user_channel_token_update_takes_the_write_path(app, client, enrolled, tokened, recorder):
+    recorder.reset()
+    response = enrolled.checkin(client, "TokenUpdate", UserID="A1B2C3D4-0000-0000-0000-000000000001", **tokened)
+    assert response.status_code == 200
+    assert recorder.commits == 1      # the write path: it answers and ignores it, as before
+
+
+def test_after_the_push_topic_changes_a_repeated_old_topic_is_refused(app, client, enrolled, tokened, monkeypatch):
+    """The stored topic is the old one, and the device repeats it with its stored token: once this server's
+    topic is another (a new push certificate), the TokenUpdate is refused and audited, never read-path 200."""
+    from mdm.models import AuditEvent
+    from mdm.protocol import checkin
+    monkeypatch.setattr(checkin, "server_topic", lambda: "com.apple.mgmt.External.a-new-certificate")
+    response = enrolled.checkin(client, "TokenUpdate", **tokened)
+    assert response.status_code == 400 and b"is not this server's push topic" in response.data
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="device.topic_refused", object_id=enrolled.udid).count() == 1
