@@ -183,11 +183,14 @@ def send_now(device_ids) -> list[PushResult]:
     wanted = [int(i) for i in device_ids]
     known = set(db.session.scalars(db.select(Device.id).where(Device.id.in_(wanted))))
     requested = request_push([i for i in wanted if i in known])
+    # The rows just written or bumped, named before the commit: another sender may finish one before we
+    # get to it, and then its outcome is what we report.
+    row_ids = list(db.session.scalars(db.select(PushRequest.id).where(PushRequest.device_id.in_(requested),
+                                                                      PushRequest.status == "pending")))
     db.session.info.pop("mdm_push_app", None)  # sent right here, not by the background sender
     db.session.commit()
     with _send_lock:
-        rows = db.session.scalars(db.select(PushRequest).where(PushRequest.device_id.in_(requested),
-                                                               PushRequest.status == "pending")).all()
+        rows = [r for r in (db.session.get(PushRequest, i) for i in row_ids) if r is not None]
         by_device = {r.device_id: r for r in _send_rows(app, rows)}
     return [by_device.get(i) or PushResult(i, "skipped" if i not in known else "pending",
                                            reason="no such device" if i not in known else "taken by another sender")
