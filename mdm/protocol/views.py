@@ -66,43 +66,28 @@ def _checkin(identity, message: dict, body: bytes) -> Reply:
 
 
 def _token_update_changes_nothing(identity, message: dict) -> bool:
-    """The read path of a TokenUpdate that repeats what is stored (``checkin.token_update_changes_nothing``),
-    in a read transaction of its own. False: take the write path, which decides everything again."""
-    if message.get("MessageType") != "TokenUpdate" or db.session().in_transaction():
+    """The read path of a TokenUpdate that repeats what is stored (``checkin.token_update_changes_nothing``).
+    False: take the write path, which decides everything again."""
+    if message.get("MessageType") != "TokenUpdate" or (udid := _udid_or_none(message)) is None:
         return False
-    try:
-        udid = checkin.message_udid(message)
-    except PlistError:
-        return False      # the write path refuses it with the reason
-    with _read_connection() as connection:
-        device_id = certauth.authorized_device_id(identity, udid, connection)
-        return device_id is not None and checkin.token_update_changes_nothing(device_id, udid, message, utcnow(),
-                                                                              connection)
+    return bool(_as_bound_device(identity, udid, lambda device_id, connection:
+                                 checkin.token_update_changes_nothing(device_id, udid, message, utcnow(), connection)))
 
 
 def _declarative_management_read(identity, message: dict) -> Reply | None:
     """The read path of DeclarativeManagement ``tokens`` and ``declaration-items``: the answer from the
     stored set when giving it changes nothing (certificate bound to the device and not retired, last seen
-    under a minute ago, stored set current and recorded as served: the room's registered read handler), in a
-    read transaction of its own (no writer lock, nothing committed). None: take the write path
-    (``checkin.handle``), which validates, decides and stores everything again."""
+    under a minute ago, stored set current and recorded as served: the room's registered read handler).
+    None: take the write path (``checkin.handle``), which validates, decides and stores everything again."""
     serve_unchanged = checkin.read_handler(message.get("MessageType"), message.get("Endpoint"))
     if (serve_unchanged is None
-            or any(key in message for key in ("Topic", "Data", "UserID", "EnrollmentUserID", "UserShortName"))
-            or db.session().in_transaction()):
+            or any(key in message for key in ("Topic", "Data", "UserID", "EnrollmentUserID", "UserShortName"))):
         return None
-    try:
-        udid = checkin.message_udid(message)
-    except PlistError:
-        return None      # the write path refuses it with the reason
-    with _read_connection() as connection:
-        device_id = certauth.authorized_device_id(identity, udid, connection)
-        if device_id is None:
-            return None
-        answer = serve_unchanged(device_id, udid, message["Endpoint"], utcnow(), connection)
-    if answer is None:
+    if (udid := _udid_or_none(message)) is None:
         return None
-    return Reply(*answer)
+    answer = _as_bound_device(identity, udid, lambda device_id, connection:
+                              serve_unchanged(device_id, udid, message["Endpoint"], utcnow(), connection))
+    return None if answer is None else Reply(*answer)
 
 
 def _connect(identity, message: dict, body: bytes) -> Reply:
@@ -126,21 +111,36 @@ def _connect(identity, message: dict, body: bytes) -> Reply:
 
 def _idle_changes_nothing(identity, udid: str, message: dict) -> bool:
     """The read path: true when this Idle would write nothing (certificate bound to the device and not
-    retired, nothing offerable, last seen less than a minute ago, or a per-user channel). Runs in a read
-    transaction of its own (no writer lock, nothing committed). False means: take the write path, which
-    decides everything again under the write transaction (and refuses, delivers or records)."""
-    if db.session().in_transaction():
-        return False
-    with _read_connection() as connection:
-        device_id = certauth.authorized_device_id(identity, udid, connection)
-        if device_id is None:
-            return False
-        facts = queue.idle_facts(device_id, udid, connection)
+    retired, nothing offerable, last seen less than a minute ago, or a per-user channel). False means: take
+    the write path, which decides everything again under the write transaction (and refuses, delivers or
+    records)."""
+    facts = _as_bound_device(identity, udid,
+                             lambda device_id, connection: queue.idle_facts(device_id, udid, connection))
     if facts is None:
         return False
     if _is_user_channel(message):
         return True      # the write path answers it with nothing and writes nothing either
     return not facts.waiting and not Device.seen_is_due(facts.last_seen_at, utcnow())
+
+
+def _as_bound_device(identity, udid: str, decide):
+    """The read paths' common step: ``decide(device_id, connection)`` for the device with ``udid`` that this
+    certificate is bound to (and not retired), in a read transaction of its own (no writer lock, nothing
+    committed). None, without deciding, when the session is already in a transaction or the certificate
+    does not (yet) speak for that device: the write path decides then."""
+    if db.session().in_transaction():
+        return None
+    with _read_connection() as connection:
+        device_id = certauth.authorized_device_id(identity, udid, connection)
+        return None if device_id is None else decide(device_id, connection)
+
+
+def _udid_or_none(message: dict) -> str | None:
+    """The message's UDID when well formed; None lets the write path refuse it with the reason."""
+    try:
+        return checkin.message_udid(message)
+    except PlistError:
+        return None
 
 
 @contextlib.contextmanager

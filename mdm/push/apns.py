@@ -89,32 +89,26 @@ def request_push(device_ids) -> list[int]:
 
     Keeps one pending row per device: a device with a pending row gets that row's ``requested_at``
     bumped (so a push already in flight is sent again afterwards) instead of a second row. Written with
-    bulk statements (a policy edit can wake a whole fleet at once), past the session's identity map:
-    PushRequest objects already loaded in this session are expired so they read the new values.
+    bulk statements (a policy edit can wake a whole fleet at once); the ORM-enabled UPDATE also moves
+    ``requested_at`` on PushRequest objects this session already holds.
     """
     ids = sorted({int(i) for i in device_ids})
     if not ids:
         return []
     now = utcnow()
     session = db.session()
-    table = PushRequest.__table__
-    bumped = False
     for start in range(0, len(ids), BATCH_SIZE):
         chunk = ids[start:start + BATCH_SIZE]
-        pending = set(session.scalars(select(table.c.device_id)
-                                      .where(table.c.device_id.in_(chunk), table.c.status == "pending")))
+        pending = set(session.scalars(select(PushRequest.device_id)
+                                      .where(PushRequest.device_id.in_(chunk), PushRequest.status == "pending")))
         if pending:
-            session.execute(update(table).where(table.c.device_id.in_(sorted(pending)), table.c.status == "pending")
+            session.execute(update(PushRequest)
+                            .where(PushRequest.device_id.in_(sorted(pending)), PushRequest.status == "pending")
                             .values(requested_at=now))
-            bumped = True
         fresh = [{"device_id": device_id, "status": "pending", "attempts": 0, "requested_at": now,
                   "next_attempt_at": now, "created_at": now} for device_id in chunk if device_id not in pending]
         if fresh:
-            session.execute(insert(table), fresh)
-    if bumped:
-        for loaded in list(session.identity_map.values()):
-            if isinstance(loaded, PushRequest):
-                session.expire(loaded)
+            session.execute(insert(PushRequest.__table__), fresh)
     session.info["mdm_push_app"] = current_app._get_current_object()
     return ids
 

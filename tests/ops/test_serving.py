@@ -20,6 +20,7 @@ import pytest
 
 from apps import make_app
 from server_process import ServerProcess
+from mdm.server.serve import WorkersSettingError, worker_count
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 64 * 1024
@@ -329,14 +330,12 @@ def test_mdm_run_serves_https_and_logs_json(live_server_factory):
 
 @pytest.mark.parametrize("value, expected", [(None, 1), (1, 1), ("3", 3), (2, 2), ("auto", "cores"), (" AUTO ", "cores")])
 def test_workers_is_a_count_or_auto_for_one_per_core(value, expected):
-    from mdm.server.serve import worker_count
     cores = len(os.sched_getaffinity(0))
     assert worker_count({"WORKERS": value}) == (cores if expected == "cores" else expected)
 
 
 @pytest.mark.parametrize("value", [0, -2, "two", "1.5", True, [2]])
 def test_a_workers_value_that_is_no_count_is_refused_by_name(value):
-    from mdm.server.serve import WorkersSettingError, worker_count
     with pytest.raises(WorkersSettingError, match="WORKERS must be a positive number or 'auto'"):
         worker_count({"WORKERS": value})
 

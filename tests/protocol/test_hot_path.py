@@ -17,9 +17,9 @@ from sqlalchemy import event
 
 from db_recorder import Recorder
 from device_identity import DeviceIdentity, drain
-from mdm.protocol import certauth, queue
+from mdm.protocol import certauth, checkin, queue
 from mdm.extensions import db
-from mdm.models import Command, Device, DeviceCertificate, utcnow
+from mdm.models import AuditEvent, Command, Device, DeviceCertificate, utcnow
 
 
 @pytest.fixture
@@ -245,7 +245,6 @@ def test_a_token_update_the_write_path_refuses_is_still_refused(app, client, enr
     response = enrolled.checkin(client, "TokenUpdate", **{**tokened, **change})
     assert response.status_code == status
     if "Topic" in change:
-        from mdm.models import AuditEvent
         with app.app_context():
             assert AuditEvent.query.filter_by(action="device.topic_refused", object_id=enrolled.udid).count() == 1
 
@@ -260,8 +259,6 @@ def test_a_user_channel_token_update_takes_the_write_path(app, client, enrolled,
 def test_after_the_push_topic_changes_a_repeated_old_topic_is_refused(app, client, enrolled, tokened, monkeypatch):
     """The stored topic is the old one, and the device repeats it with its stored token: once this server's
     topic is another (a new push certificate), the TokenUpdate is refused and audited, never read-path 200."""
-    from mdm.models import AuditEvent
-    from mdm.protocol import checkin
     monkeypatch.setattr(checkin, "server_topic", lambda: "com.apple.mgmt.External.a-new-certificate")
     response = enrolled.checkin(client, "TokenUpdate", **tokened)
     assert response.status_code == 400 and b"is not this server's push topic" in response.data
