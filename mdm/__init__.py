@@ -26,7 +26,7 @@ from .ddm import enforcement_models, models as ddm_models, state_models as ddm_s
 from .enroll import cli as enroll_cli  # noqa: F401  (adds commands)
 from .enroll import scep
 from .enroll.views import bp as enroll_bp
-from .extensions import db, migrate
+from .extensions import db, init_db, migrate
 from .protocol.views import bp as protocol_bp
 from .simulator import cli as simulator_cli  # noqa: F401  (adds commands)
 from .ui import cli as ui_cli  # noqa: F401  (adds commands)
@@ -44,7 +44,7 @@ def create_app(overrides: dict | None = None, instance_path: str | None = None) 
     )
     load_config(app, overrides)
     logs.configure(app.config)
-    db.init_app(app)
+    init_db(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
 
     # The rooms. Devices: the check-in/command protocol and enrollment (the core), push, SCEP. Accounts

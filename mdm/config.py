@@ -33,6 +33,8 @@ class Defaults:
     # TLS is on by default: devices refuse plain HTTP. Set to false only behind a TLS-terminating proxy.
     TLS = True
     DATABASE_URL = None             # default sqlite:///<instance>/mdm.db
+    # PostgreSQL: a pooled connection idle for this long is pinged before use (mdm/extensions.py).
+    DB_PING_AFTER_IDLE_SECONDS = 10
     CERTS_DIR = None                # default <project>/certs
     ORGANIZATION = "Self-hosted MDM"
     # APNs: "production", "sandbox" or a full https:// URL (tests point this at a local HTTP/2 server).

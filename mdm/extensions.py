@@ -9,11 +9,14 @@ import contextlib
 import contextvars
 import sqlite3
 import threading
+import time
 
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import Pool
 
 # Stable constraint names so Alembic migrations work the same on SQLite and PostgreSQL.
 naming_convention = {
@@ -39,17 +42,54 @@ class _SQLAlchemy(SQLAlchemy):
         url = normalise_database_url(options["url"])
         if url.get_backend_name() == "postgresql":
             options["url"] = url
-            # A pool as large as the server's threads plus the scheduler and the push sender (16 per
-            # worker by default); connections checked before use survive a database restart or an idle timeout
-            # at a proxy. SQLALCHEMY_ENGINE_OPTIONS in instance/config.py overrides these.
+            # A pool larger than the server's threads plus the scheduler and the push sender. Connections
+            # are recycled every half hour, and one that sat idle is checked before use (``ping_idle``,
+            # installed by ``init_db``), so a database restart or a proxy's idle timeout costs no request.
+            # SQLALCHEMY_ENGINE_OPTIONS in instance/config.py overrides these; ``pool_pre_ping: True``
+            # there checks every connection on every use instead.
             options.setdefault("pool_size", 20)
             options.setdefault("max_overflow", 10)
-            options.setdefault("pool_pre_ping", True)
             options.setdefault("pool_recycle", 1800)
 
 
 db = _SQLAlchemy(metadata=MetaData(naming_convention=naming_convention))
 migrate = Migrate()
+
+def init_db(app) -> None:
+    """Bind ``db`` to the app, and on PostgreSQL ping only connections that sat idle (``ping_idle``)."""
+    db.init_app(app)
+    after_seconds = float(app.config["DB_PING_AFTER_IDLE_SECONDS"])
+    if app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {}).get("pool_pre_ping"):
+        return
+    with app.app_context():
+        for engine in db.engines.values():
+            if engine.dialect.name == "postgresql":
+                ping_idle(engine, after_seconds)
+
+
+def ping_idle(engine: Engine, after_seconds: float) -> None:
+    """Check a pooled connection with one round trip before it is used, when it has been back in the pool
+    for ``after_seconds`` or more; a dead one (database restarted, proxy timed it out) is replaced
+    before anyone sees it. A connection used moments ago is handed out unchecked: SQLAlchemy's
+    ``pool_pre_ping`` would check every one, an extra server transaction on every request. A
+    connection that breaks in between fails its statement, and SQLAlchemy then discards the whole
+    pool's older connections."""
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection, record):
+        if dbapi_connection is not None:
+            record.info["mdm_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, proxy):
+        idle_since = record.info.get("mdm_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < after_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc  # the pool connects afresh and retries
+            raise
 
 
 @event.listens_for(Engine, "connect")
@@ -124,6 +164,19 @@ def _sqlite_begin_immediate(conn):
 @event.listens_for(Engine, "commit")
 @event.listens_for(Engine, "rollback")
 def _release_writer_lock(conn):
-    lock = conn.info.pop("mdm_writer_lock", None)
+    # A connection invalidated in its transaction (lost, closed under it) released its lock then (below);
+    # its ``info`` is out of reach until the rollback, and asking for it would hide the original error.
+    if conn.dialect.name != "sqlite" or conn.invalidated:
+        return
+    _release(conn.info)
+
+
+@event.listens_for(Pool, "invalidate")
+def _release_writer_lock_of_lost_connection(dbapi_connection, connection_record, exception):
+    _release(connection_record.info)
+
+
+def _release(info: dict) -> None:
+    lock = info.pop("mdm_writer_lock", None)
     if lock is not None:
         lock.release()
