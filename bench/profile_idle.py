@@ -37,6 +37,10 @@ def main() -> int:
                         help="idle (default), or the DeclarativeManagement tokens / declaration-items check-in "
                              "with the General Adoption ring bound to the device (a real declaration set)")
     parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the raw stats to FILE (pstats)")
+    parser.add_argument("--via", choices=("client", "bridge"), default="client",
+                        help="client (default): Flask's test client; bridge: the production server's WSGI "
+                             "bridge (mdm/server/serve.py) called as its worker thread calls it, with the "
+                             "environ it builds, so werkzeug's test machinery is not counted")
     args = parser.parse_args()
 
     from sqlalchemy import event
@@ -77,8 +81,10 @@ def main() -> int:
     event.listen(engine, "begin", count("begins"))
     event.listen(engine, "commit", count("commits"))
 
+    put = _bridge_put(app, path, body, headers) if args.via == "bridge" else (
+        lambda: client.put(path, data=body, headers=headers))
     for _ in range(50):   # warm-up: caches, the connection pool
-        assert client.put(path, data=body, headers=headers).status_code == 200
+        assert put().status_code == 200
     for key in counts:
         counts[key] = 0
     profiler = cProfile.Profile() if args.profile else None
@@ -86,7 +92,7 @@ def main() -> int:
     if profiler:
         profiler.enable()
     for _ in range(args.requests):
-        response = client.put(path, data=body, headers=headers)
+        response = put()
         assert response.status_code == 200 and (args.mix != "idle" or not response.data), response.data
     if profiler:
         profiler.disable()
@@ -102,6 +108,29 @@ def main() -> int:
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)
     return 0
+
+
+class _Answer:
+    def __init__(self, status_code: int, data: bytes):
+        self.status_code, self.data = status_code, data
+
+
+def _bridge_put(app, path: str, body: bytes, headers: dict):
+    """One PUT as a production worker thread runs it: ``WSGIBridge._environ`` from an RSGI-like scope,
+    then ``WSGIBridge._call_app`` (request id, access line, the Flask app)."""
+    from types import SimpleNamespace
+
+    from mdm.server.serve import WSGIBridge
+    bridge = WSGIBridge(app, max_body_bytes=8 << 20, body_deadline_seconds=60, threads=1)
+    scope = SimpleNamespace(method="PUT", path=path, query_string="", server="127.0.0.1:8443",
+                            client="127.0.0.1:50000", http_version="1.1", scheme="https",
+                            headers={"host": "localhost:8443", "content-length": str(len(body)),
+                                     **{name.lower(): value for name, value in headers.items()}})
+
+    def put():
+        status, _headers, data = bridge._call_app(bridge._environ(scope, body, "0" * 16), time.monotonic())
+        return _Answer(status, data)
+    return put
 
 
 def bind_ring(app, udid: str) -> None:
