@@ -146,8 +146,31 @@ def _json(device, endpoint: str) -> dict:
 
 
 # ---- sync -----------------------------------------------------------------------------------------
+# How many times a sync starts over when the set changes under it before the simulator calls it a server bug.
+SYNC_ATTEMPTS = 3
+
+
+class _SetChangedDuringSync(SimulatorError):
+    pass
+
+
 def sync(device, tokens: dict | None = None) -> bool:
-    """Fetch what changed, evaluate, report status. Returns True when the declaration set changed."""
+    """Fetch what changed, evaluate, report status. Returns True when the declaration set changed.
+
+    A declaration whose Identifier or ServerToken differs from its entry in the manifest just fetched means
+    the set changed between the two requests (an administrator's edit). The declarations already fetched
+    are kept, and the sync starts over from the tokens, as a device does on the new DeclarationsToken the
+    server then sends it. A mismatch that persists over ``SYNC_ATTEMPTS`` syncs is a server bug
+    (SimulatorError)."""
+    for _attempt in range(SYNC_ATTEMPTS):
+        try:
+            return _sync_once(device, tokens)
+        except _SetChangedDuringSync as exc:
+            changed, tokens = exc, None
+    raise SimulatorError(f"{changed} in {SYNC_ATTEMPTS} syncs in a row")
+
+
+def _sync_once(device, tokens: dict | None) -> bool:
     state = device.ddm
     if tokens is None:
         tokens = _json(device, "tokens")["SyncTokens"]
@@ -170,7 +193,7 @@ def sync(device, tokens: dict | None = None) -> bool:
             raise SimulatorError(f"declaration {identifier}: HTTP {response.status_code}")
         declaration = response.json()
         if declaration.get("Identifier") != identifier or declaration.get("ServerToken") != server_token:
-            raise SimulatorError(f"declaration {identifier} does not match its manifest entry")
+            raise _SetChangedDuringSync(f"declaration {identifier} does not match its manifest entry")
         declaration["_kind"] = kind
         state.declarations[identifier] = declaration
     state.declarations_token = items["DeclarationsToken"]
