@@ -2,7 +2,7 @@
 (no TLS, no HTTP server), so the figure is the application's own CPU per request.
 
     .venv/bin/python bench/profile_idle.py [--requests 2000] [--profile] [--top 25] [--dump FILE]
-                                           [--mix idle|tokens|declaration-items]
+                                           [--mix idle|tokens|declaration-items] [--via client|bridge|loop]
 
 One simulated device identity (issued by the app's CA and recorded as SCEP would), Authenticate +
 TokenUpdate, its enrollment commands answered; then the same pre-signed Idle body is replayed
@@ -37,10 +37,11 @@ def main() -> int:
                         help="idle (default), or the DeclarativeManagement tokens / declaration-items check-in "
                              "with the General Adoption ring bound to the device (a real declaration set)")
     parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the raw stats to FILE (pstats)")
-    parser.add_argument("--via", choices=("client", "bridge"), default="client",
+    parser.add_argument("--via", choices=("client", "bridge", "loop"), default="client",
                         help="client (default): Flask's test client; bridge: the production server's WSGI "
                              "bridge (mdm/server/serve.py) called as its worker thread calls it, with the "
-                             "environ it builds, so werkzeug's test machinery is not counted")
+                             "environ it builds, so werkzeug's test machinery is not counted; loop: the "
+                             "bridge's event-loop step (the read path without Flask), as it runs on SQLite")
     args = parser.parse_args()
 
     from sqlalchemy import event
@@ -81,12 +82,14 @@ def main() -> int:
     event.listen(engine, "begin", count("begins"))
     event.listen(engine, "commit", count("commits"))
 
-    put = _bridge_put(app, path, body, headers) if args.via == "bridge" else (
+    put = _bridge_put(app, path, body, headers, args.via == "loop") if args.via != "client" else (
         lambda: client.put(path, data=body, headers=headers))
     for _ in range(50):   # warm-up: caches, the connection pool
         assert put().status_code == 200
     for key in counts:
         counts[key] = 0
+    if hasattr(put, "handed_off"):
+        put.handed_off = 0
     profiler = cProfile.Profile() if args.profile else None
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     if profiler:
@@ -100,7 +103,8 @@ def main() -> int:
     print(json.dumps({"bench": f"profile-{args.mix}", "requests": args.requests,
                       "cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
                       "wall_ms_per_request": round(1000 * wall / args.requests, 3),
-                      **{f"{k}_per_request": round(v / args.requests, 2) for k, v in counts.items()}}), flush=True)
+                      **{f"{k}_per_request": round(v / args.requests, 2) for k, v in counts.items()},
+                      **({"handed_to_flask": put.handed_off} if args.via == "loop" else {})}), flush=True)
     if profiler:
         if args.dump:
             profiler.dump_stats(args.dump)
@@ -115,21 +119,30 @@ class _Answer:
         self.status_code, self.data = status_code, data
 
 
-def _bridge_put(app, path: str, body: bytes, headers: dict):
+def _bridge_put(app, path: str, body: bytes, headers: dict, on_event_loop: bool):
     """One PUT as a production worker thread runs it: ``WSGIBridge._environ`` from an RSGI-like scope,
-    then ``WSGIBridge._call_app`` (request id, access line, the Flask app)."""
+    then ``WSGIBridge._call_app`` (request id, access line, the Flask app); or, ``on_event_loop``, as the
+    event loop answers it (``WSGIBridge._answer_on_event_loop``: the read path, the access line)."""
     from types import SimpleNamespace
 
     from mdm.server.serve import WSGIBridge
-    bridge = WSGIBridge(app, max_body_bytes=8 << 20, body_deadline_seconds=60, threads=1)
+    bridge = WSGIBridge(app, max_body_bytes=8 << 20, body_deadline_seconds=60, threads=1,
+                        event_loop_reads=app.extensions["mdm_event_loop_reads"])
+    read = bridge.event_loop_reads[("PUT", path)]
     scope = SimpleNamespace(method="PUT", path=path, query_string="", server="127.0.0.1:8443",
                             client="127.0.0.1:50000", http_version="1.1", scheme="https",
                             headers={"host": "localhost:8443", "content-length": str(len(body)),
                                      **{name.lower(): value for name, value in headers.items()}})
 
     def put():
-        status, _headers, data = bridge._call_app(bridge._environ(scope, body, "0" * 16), time.monotonic())
+        environ = bridge._environ(scope, body, "0" * 16)
+        answer = bridge._answer_on_event_loop(read, environ, time.monotonic()) if on_event_loop else None
+        if answer is None:   # as the server does: the request runs through Flask (counted when on_event_loop)
+            put.handed_off += on_event_loop
+            answer = bridge._call_app(bridge._environ(scope, body, "0" * 16), time.monotonic())
+        status, _headers, data = answer
         return _Answer(status, data)
+    put.handed_off = 0
     return put
 
 

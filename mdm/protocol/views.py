@@ -12,13 +12,13 @@ refusals are 400/403/404/410/413 with the reason logged, and a refused request s
 its audit record: ``device.auth_failed`` (identity refused; ``object_id`` is the UDID the message
 claimed, when it could be read), ``device.topic_refused`` (wrong push topic) and ``device.body_too_large``.
 
-The production server (mdm/server/serve.py) runs these two routes' read paths on its event-loop thread,
-without handing the request to a worker thread (the hand-off cost about 0.35 ms of CPU per request, a third
-of an Idle): the routes are listed in ``app.extensions["mdm_event_loop_routes"]``, and the server marks such a
-request with ``environ["mdm.event_loop"]``. There the view answers only from a read path; any request that
-would write (the write path may wait for the writer lock; refusals are audited) or fails in any way is
-handed back with ``environ["mdm.hand_off"]`` set, untouched, and the server runs it again on a worker
-thread, where it takes the path described above. Nothing is written on the event-loop thread.
+The production server (mdm/server/serve.py) answers these two routes' read paths on its event-loop thread,
+without Flask and without handing the request to a worker thread (together about 0.45 ms of CPU, more than
+the read path itself): the protocol room offers ``answer_from_read_path`` for each route in
+``app.extensions["mdm_event_loop_reads"]``. It answers only from a read path, with the status, headers and
+body the Flask view gives for that answer; a request that would write (the write path may wait for the
+writer lock; refusals are audited) or fails in any way gets None, having written nothing, and the server
+runs it through Flask on a worker thread, where it takes the path described above.
 
 Body limits, enforced here in the Flask app whatever HTTP server runs it, before the signature is checked
 or the plist parsed: ``MAX_CHECKIN_BYTES`` (1 MiB) for check-ins, ``MAX_COMMAND_RESPONSE_BYTES`` (2 MiB:
@@ -28,10 +28,12 @@ announced by Content-Length or sent chunked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import OperationalError
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import certauth, checkin, queue
@@ -45,13 +47,24 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("protocol", __name__)
 
-# The routes whose read paths may run on the production server's event-loop thread (module docstring).
-EVENT_LOOP_ROUTES = frozenset({("PUT", "/mdm/checkin"), ("PUT", "/mdm/connect")})
 
 
 @bp.record_once
-def _offer_event_loop_routes(state) -> None:
-    state.app.extensions["mdm_event_loop_routes"] = EVENT_LOOP_ROUTES
+def _offer_event_loop_reads(state) -> None:
+    """The read paths the production server may answer on its event loop (module docstring)."""
+    app = state.app
+    app.extensions["mdm_event_loop_reads"] = {
+        ("PUT", "/mdm/checkin"): functools.partial(answer_from_read_path, app, _checkin_read, _checkin_limit),
+        ("PUT", "/mdm/connect"): functools.partial(answer_from_read_path, app, _connect_read, _connect_limit),
+    }
+
+
+def _checkin_limit(config) -> int:
+    return int(config["MAX_CHECKIN_BYTES"])
+
+
+def _connect_limit(config) -> int:
+    return int(config.get("MAX_COMMAND_RESPONSE_BYTES") or DEFAULT_MAX_COMMAND_RESPONSE_BYTES)
 
 DEFAULT_MAX_COMMAND_RESPONSE_BYTES = 2 * 1024 * 1024
 COMMAND_STATUSES = ("Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow")
@@ -63,13 +76,12 @@ class BodyTooLarge(Exception):
 
 @bp.put("/mdm/checkin")
 def checkin_endpoint():
-    return _device_request("checkin", current_app.config["MAX_CHECKIN_BYTES"], _checkin_read, _checkin_write)
+    return _device_request("checkin", _checkin_limit(current_app.config), _checkin_read, _checkin_write)
 
 
 @bp.put("/mdm/connect")
 def connect_endpoint():
-    limit = int(current_app.config.get("MAX_COMMAND_RESPONSE_BYTES") or DEFAULT_MAX_COMMAND_RESPONSE_BYTES)
-    return _device_request("connect", limit, _connect_read, _connect_write)
+    return _device_request("connect", _connect_limit(current_app.config), _connect_read, _connect_write)
 
 
 def _checkin_read(identity, message: dict) -> Reply | None:
@@ -183,8 +195,6 @@ def _is_user_channel(message: dict) -> bool:
 def _device_request(endpoint: str, limit: int, read, write) -> Response:
     """``read(identity, message)`` answers from a read path or returns None; then ``write(identity, message,
     body)`` decides everything again, writes and answers. Refusals are answered and audited here."""
-    if request.environ.get("mdm.event_loop"):
-        return _read_path_only(limit, read)
     remote = request.remote_addr
     body = b""
     try:
@@ -224,22 +234,31 @@ def _device_request(endpoint: str, limit: int, read, write) -> Response:
     return Response(reply.body, reply.status, content_type=reply.content_type)
 
 
-def _read_path_only(limit: int, read) -> Response:
-    """On the server's event-loop thread: the read path's answer, or the request handed back to the server
-    to run again on a worker thread (module docstring) when it needs the write path or anything fails; the
-    worker thread's run refuses, audits and logs what it must. The placeholder answer is never sent."""
-    try:
-        with read_only():   # whatever runs here, it never waits for the writer lock
-            body = _read_body(limit)
-            identity = certauth.identify(current_app.config, request.remote_addr, request.headers, body,
-                                         get_pki().ca_cert)
-            reply = read(identity, loads_xml(body))
-    except Exception:
-        reply = None
+def answer_from_read_path(app, read, limit_of, environ: dict) -> tuple[int, list, bytes] | None:
+    """The production server's event-loop step for one device route (module docstring): the read path's
+    (status, headers, body), the same the Flask view sends for that answer, or None when the request needs
+    Flask and a worker thread: the write path, or anything unusual (too large, refused, unreadable, an
+    error), which that run then refuses, audits and logs as it must. Nothing here writes or waits for the
+    writer lock."""
+    with app.app_context():
+        try:
+            limit = limit_of(app.config)
+            body = environ["wsgi.input"].read(limit + 1)
+            if len(body) > limit:
+                return None
+            with read_only():
+                identity = certauth.identify(app.config, environ.get("REMOTE_ADDR"), EnvironHeaders(environ),
+                                             body, get_pki().ca_cert)
+                reply = read(identity, loads_xml(body))
+        except Exception:
+            return None
     if reply is None:
-        request.environ["mdm.hand_off"] = True
-        return Response(status=204)
-    return Response(reply.body, reply.status, content_type=reply.content_type)
+        return None
+    # What Flask sends for Response(reply.body, reply.status, content_type=...): flask-login looks at the
+    # session on every response, so the session interface adds "Vary: Cookie" (compared in
+    # tests/protocol/test_event_loop_reads.py).
+    return reply.status, [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))),
+                          ("Vary", "Cookie")], reply.body
 
 
 def _audit_refusal(action: str, endpoint: str, remote: str | None, udid: str | None, reason: str) -> None:

@@ -10,16 +10,17 @@ thread is taken only for a request whose body has fully arrived. The bridge betw
 RSGI app below (``WSGIBridge``): it reads the body asynchronously under the size limit and the body
 deadline, then calls the WSGI app in the thread pool.
 
-Device read paths run on the event-loop thread itself. Handing a request to a pool thread and its answer
-back costs about 0.35 ms of CPU (queues, wake-ups, interpreter-lock hand-offs): a third of a signed Idle.
-So a request to a route the app lists in ``app.extensions["mdm_event_loop_routes"]`` (the device
-check-in and connect, mdm/protocol/views.py) is first called right there, with ``environ["mdm.event_loop"]``
-set: the app answers it from a read path (a read transaction; never the writer lock), or sets
-``environ["mdm.hand_off"]`` having written nothing, and the request then runs on a pool thread as any
-other. Bodies over ``EVENT_LOOP_MAX_BODY_BYTES`` (16 KiB) and everything else (the admin UI, the API,
-enrollment, SCEP) always run on a pool thread, and so does every request when the database is PostgreSQL
-(``event_loop_routes``). A refused device request is thus read twice (once here,
-once on the pool thread that refuses and audits it): a bounded cost, at most 16 KiB of parsing.
+Device read paths are answered on the event-loop thread itself, without Flask. Handing a request to a pool
+thread and its answer back costs about 0.35 ms of CPU (queues, wake-ups, interpreter-lock hand-offs), and
+Flask's request machinery about 0.15 ms more: together more than the read path itself. So for a route the
+app lists in ``app.extensions["mdm_event_loop_reads"]`` (the device check-in and connect:
+``answer_from_read_path`` in mdm/protocol/views.py) the bridge first calls that function right there: it
+answers from a read path (a read transaction; never the writer lock), or returns None having written
+nothing, and the request then runs through Flask on a pool thread as any other. Bodies over
+``EVENT_LOOP_MAX_BODY_BYTES`` (16 KiB) and everything else (the admin UI, the API, enrollment, SCEP) always
+run on a pool thread, and so does every request when the database is PostgreSQL (``event_loop_reads``).
+A refused device request is thus read twice (once here, once on the pool thread that refuses and audits
+it): a bounded cost, at most 16 KiB of parsing.
 
 Limits and deadlines (settings ``MDM_*``):
 
@@ -98,9 +99,9 @@ class WSGIBridge:
     responses; nothing streams)."""
 
     def __init__(self, app, *, max_body_bytes: int, body_deadline_seconds: float, threads: int,
-                 multiprocess: bool = False, on_shutdown=None, event_loop_routes=frozenset()):
+                 multiprocess: bool = False, on_shutdown=None, event_loop_reads=None):
         self.app = app
-        self.event_loop_routes = frozenset(event_loop_routes)   # (method, path): tried on the event loop first
+        self.event_loop_reads = dict(event_loop_reads or {})   # (method, path) -> read path tried on the loop
         self.max_body_bytes = max_body_bytes
         self.body_deadline_seconds = body_deadline_seconds
         self.multiprocess = multiprocess
@@ -139,8 +140,9 @@ class WSGIBridge:
         except Exception:    # the client went away or broke the framing before the body was complete
             return self._refuse(proto, scope, request_id, started, 400,
                                 "The request body ended before it was complete.\n")
-        if len(body) <= EVENT_LOOP_MAX_BODY_BYTES and (scope.method, scope.path) in self.event_loop_routes:
-            answer = self._call_app(self._environ(scope, body, request_id), started, on_event_loop=True)
+        read = self.event_loop_reads.get((scope.method, scope.path)) if len(body) <= EVENT_LOOP_MAX_BODY_BYTES else None
+        if read is not None:
+            answer = self._answer_on_event_loop(read, self._environ(scope, body, request_id), started)
             if answer is not None:
                 return proto.response_bytes(*answer)
         loop = asyncio.get_running_loop()
@@ -195,15 +197,32 @@ class WSGIBridge:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return environ
 
-    def _call_app(self, environ: dict, started: float, on_event_loop: bool = False):
-        """(status, headers, body) of the app's answer, with one access line. ``on_event_loop``: the app
-        may hand the request off instead (module docstring): then None, and no access line yet."""
-        token = request_context.set({"request_id": environ["mdm.request_id"],
-                                     "remote_addr": environ.get("REMOTE_ADDR"),
-                                     "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO")})
+    def _answer_on_event_loop(self, read, environ: dict, started: float):
+        """(status, headers, body) from the route's read path, with one access line; or None: the request
+        goes to a pool thread (module docstring), and its access line is written there."""
+        token = request_context.set(self._log_context(environ))
+        try:
+            try:
+                answer = read(environ)
+            except Exception:   # the pool thread's run decides, and logs what goes wrong there
+                answer = None
+            if answer is None:
+                return None
+            status, headers, data = answer
+            self._access_line(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status, started,
+                              environ.get("mdm.bytes_in"))
+            return status, [*headers, ("X-Request-Id", environ["mdm.request_id"])], data
+        finally:
+            request_context.reset(token)
+
+    @staticmethod
+    def _log_context(environ: dict) -> dict:
+        return {"request_id": environ["mdm.request_id"], "remote_addr": environ.get("REMOTE_ADDR"),
+                "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO")}
+
+    def _call_app(self, environ: dict, started: float):
+        token = request_context.set(self._log_context(environ))
         response = {}
-        if on_event_loop:
-            environ["mdm.event_loop"] = True
 
         def start_response(status, headers, exc_info=None):
             response["status"] = status
@@ -217,22 +236,16 @@ class WSGIBridge:
             finally:
                 if hasattr(result, "close"):
                     result.close()
-            if environ.get("mdm.hand_off"):
-                return None
             status = int(response["status"][:3])
             return status, response["headers"], data
         except Exception:
-            if on_event_loop:   # the pool thread's run decides, and logs what goes wrong there
-                environ["mdm.hand_off"] = True
-                return None
             log.exception("unhandled error serving %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             status = 500
             return status, [("Content-Type", "text/plain; charset=utf-8"),
                             ("X-Request-Id", environ["mdm.request_id"])], b"Internal Server Error\n"
         finally:
-            if not environ.get("mdm.hand_off"):
-                self._access_line(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                                  response.get("status"), started, environ.get("mdm.bytes_in"))
+            self._access_line(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                              response.get("status"), started, environ.get("mdm.bytes_in"))
             request_context.reset(token)
 
     def _refuse(self, proto, scope, request_id: str, started: float, status: int, text: str):
@@ -277,18 +290,18 @@ def bridge_for(app, *, with_scheduler: bool = False) -> WSGIBridge:
     return WSGIBridge(app, max_body_bytes=int(config["MAX_CONTENT_LENGTH"]),
                       body_deadline_seconds=float(config.get("REQUEST_BODY_DEADLINE_SECONDS") or 60),
                       threads=int(config.get("THREADS") or 4), multiprocess=worker_count(config) > 1,
-                      on_shutdown=shutdown, event_loop_routes=event_loop_routes(app))
+                      on_shutdown=shutdown, event_loop_reads=event_loop_reads(app))
 
 
-def event_loop_routes(app) -> frozenset:
-    """The routes the app offers to the event loop (module docstring), when its database is SQLite: there a
+def event_loop_reads(app) -> dict:
+    """The read paths the app offers to the event loop (module docstring), when its database is SQLite: there a
     read is a read of a local file. A PostgreSQL read waits for another process, and the event loop would
     wait with it instead of serving the next request (measured: 20-40 % fewer DDM check-ins a second in
     one worker), so with PostgreSQL every request runs on a pool thread."""
     with app.app_context():
         if db.engine.dialect.name != "sqlite":
-            return frozenset()
-    return frozenset(app.extensions.get("mdm_event_loop_routes", ()))
+            return {}
+    return dict(app.extensions.get("mdm_event_loop_reads", {}))
 
 
 def worker_count(config) -> int:

@@ -1,8 +1,8 @@
 """Device read paths on the production server's event-loop thread (mdm/server/serve.py, mdm/protocol/views.py).
 
-A check-in or connect that changes nothing is answered right on the event loop; anything that would write,
-or fails, is handed back untouched and runs again on a worker thread, where it is decided, written,
-refused and audited as before. First the bridge's event-loop step itself (called as the event loop calls
+A check-in or connect that changes nothing is answered right on the event loop, without Flask, with the
+answer Flask gives; anything that would write, or fails, is handed back untouched and runs through Flask
+on a worker thread, where it is decided, written, refused and audited as before. First the bridge's event-loop step itself (called as the event loop calls
 it), then the real server with its only worker thread stuck behind the database."""
 from __future__ import annotations
 
@@ -49,17 +49,17 @@ def _environ(bridge: WSGIBridge, path: str, body: bytes, signature: str) -> dict
 
 
 def _bridge(app) -> WSGIBridge:
-    """The bridge with the device routes offered to its event loop (on PostgreSQL the server offers none,
-    ``serve.event_loop_routes``; the app's side of the contract is the same on both databases)."""
+    """The bridge with the device read paths offered to its event loop (on PostgreSQL the server offers
+    none, ``serve.event_loop_reads``; the app's side of the contract is the same on both databases)."""
     return WSGIBridge(app, max_body_bytes=8 << 20, body_deadline_seconds=60, threads=1,
-                      event_loop_routes=app.extensions["mdm_event_loop_routes"])
+                      event_loop_reads=app.extensions["mdm_event_loop_reads"])
 
 
 def on_event_loop(app, ident, path: str, message: dict, signature: str | None = None):
-    """The bridge's event-loop step for one request: (answer or None when handed off, environ)."""
+    """The bridge's event-loop step for one request: its answer, or None (handed to a worker thread)."""
     bridge, body = _bridge(app), _body(message)
     environ = _environ(bridge, path, body, signature or ident.sign(body))
-    return bridge._call_app(environ, time.monotonic(), on_event_loop=True), environ
+    return bridge._answer_on_event_loop(bridge.event_loop_reads[("PUT", path)], environ, time.monotonic())
 
 
 def on_worker_thread(app, ident, path: str, message: dict, signature: str | None = None):
@@ -70,13 +70,13 @@ def on_worker_thread(app, ident, path: str, message: dict, signature: str | None
 def test_the_server_tries_only_the_device_check_in_routes_on_the_event_loop_and_only_on_sqlite(app):
     # A PostgreSQL read waits for another process: the event loop would wait with it.
     expected = set() if POSTGRES_URL else {("PUT", "/mdm/checkin"), ("PUT", "/mdm/connect")}
-    assert bridge_for(app).event_loop_routes == expected
+    assert set(bridge_for(app).event_loop_reads) == expected
 
 
 def test_an_idle_that_changes_nothing_is_answered_on_the_event_loop_writing_nothing(app, enrolled, recorder):
     recorder.reset()
-    answer, environ = on_event_loop(app, enrolled, "/mdm/connect", {"UDID": enrolled.udid, "Status": "Idle"})
-    assert answer is not None and "mdm.hand_off" not in environ
+    answer = on_event_loop(app, enrolled, "/mdm/connect", {"UDID": enrolled.udid, "Status": "Idle"})
+    assert answer is not None
     status, headers, data = answer
     assert (status, data) == (200, b"")
     assert ("X-Request-Id", "0123456789abcdef") in headers
@@ -90,9 +90,26 @@ def test_a_repeated_token_update_is_answered_on_the_event_loop(app, client, enro
     with app.app_context():
         message = checkin_message(enrolled.udid, "TokenUpdate", Topic=server_topic(), **values)
     recorder.reset()
-    answer, _ = on_event_loop(app, enrolled, "/mdm/checkin", message)
+    answer = on_event_loop(app, enrolled, "/mdm/checkin", message)
     assert answer is not None and answer[0] == 200
     assert recorder.writes() == [] and recorder.commits == 0 and recorder.locked_statements == 0
+
+
+def test_each_answer_from_the_event_loop_is_byte_for_byte_the_answer_flask_gives(app, client, enrolled):
+    values = {"Token": bytes.fromhex("cd" * 32), "PushMagic": "7C1F6AB4-8E2D-4F6B-9D1A-3B5C7E9F0A12"}
+    assert enrolled.checkin(client, "TokenUpdate", **values).status_code == 200
+    with app.app_context():
+        token_update = checkin_message(enrolled.udid, "TokenUpdate", Topic=server_topic(), **values)
+    requests = [("/mdm/connect", {"UDID": enrolled.udid, "Status": "Idle"}), ("/mdm/checkin", token_update)]
+    for endpoint in ("tokens", "declaration-items"):
+        message = checkin_message(enrolled.udid, "DeclarativeManagement", Endpoint=endpoint)
+        assert on_worker_thread(app, enrolled, "/mdm/checkin", message)[0] == 200   # stores and serves the set
+        requests.append(("/mdm/checkin", message))
+    for path, message in requests:
+        from_loop = on_event_loop(app, enrolled, path, message)
+        assert from_loop is not None, message
+        assert from_loop == on_worker_thread(app, enrolled, path, message), message
+    assert b"DeclarationsToken" in from_loop[2]
 
 
 def test_an_idle_with_a_waiting_command_is_handed_to_a_worker_thread_untouched(app, enrolled, recorder):
@@ -102,8 +119,7 @@ def test_an_idle_with_a_waiting_command_is_handed_to_a_worker_thread_untouched(a
         db.session.commit()
     recorder.reset()
     idle = {"UDID": enrolled.udid, "Status": "Idle"}
-    answer, environ = on_event_loop(app, enrolled, "/mdm/connect", idle)
-    assert answer is None and environ["mdm.hand_off"] is True
+    assert on_event_loop(app, enrolled, "/mdm/connect", idle) is None
     assert recorder.writes() == [] and recorder.commits == 0 and recorder.locked_statements == 0
     with app.app_context():
         assert Command.query.filter_by(uuid=uuid).one().status == "queued"
@@ -116,17 +132,15 @@ def test_an_idle_with_a_waiting_command_is_handed_to_a_worker_thread_untouched(a
 
 def test_a_command_result_is_handed_to_a_worker_thread(app, enrolled, recorder):
     recorder.reset()
-    answer, environ = on_event_loop(app, enrolled, "/mdm/connect", {
-        "UDID": enrolled.udid, "Status": "Acknowledged", "CommandUUID": "5F1C3A52-0000-4000-8000-000000000001"})
-    assert answer is None and environ["mdm.hand_off"] is True
+    assert on_event_loop(app, enrolled, "/mdm/connect", {
+        "UDID": enrolled.udid, "Status": "Acknowledged", "CommandUUID": "5F1C3A52-0000-4000-8000-000000000001"}) is None
     assert recorder.writes() == [] and recorder.commits == 0
 
 
 def test_a_refused_signature_is_handed_off_then_refused_and_audited_once(app, enrolled):
     stranger = DeviceIdentity(app, enrolled.udid, register=False)   # a certificate our records do not know
     idle = {"UDID": enrolled.udid, "Status": "Idle"}
-    answer, environ = on_event_loop(app, stranger, "/mdm/connect", idle)
-    assert answer is None and environ["mdm.hand_off"] is True
+    assert on_event_loop(app, stranger, "/mdm/connect", idle) is None
     with app.app_context():
         assert AuditEvent.query.filter_by(action="device.auth_failed").count() == 0
     status, _headers, data = on_worker_thread(app, stranger, "/mdm/connect", idle)
@@ -139,7 +153,8 @@ def test_an_unreadable_message_is_handed_off_then_refused_with_its_reason(app, e
     body = b"<plist>not a plist"
     bridge = _bridge(app)
     environ = _environ(bridge, "/mdm/connect", body, enrolled.sign(body))
-    assert bridge._call_app(environ, time.monotonic(), on_event_loop=True) is None
+    assert bridge._answer_on_event_loop(bridge.event_loop_reads[("PUT", "/mdm/connect")], environ,
+                                        time.monotonic()) is None
     status, _headers, data = bridge._call_app(_environ(bridge, "/mdm/connect", body, enrolled.sign(body)),
                                               time.monotonic())
     assert status == 400 and data
