@@ -26,6 +26,7 @@ from typing import Iterable
 
 from sqlalchemy import Text, bindparam, delete, func, insert, select, type_coerce, update
 
+from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
 from ..unit_of_work import finish
@@ -197,7 +198,7 @@ def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | 
 def _store_plans(inserts: list[dict], updates: list[dict], deletes: list[int]) -> None:
     table = DevicePatchTarget.__table__
     if inserts:
-        db.session.execute(insert(table), inserts)
+        insert_rows(table, inserts)
     if updates:
         db.session.execute(update(table).where(table.c.device_id == bindparam("b_device_id")), updates)
     for chunk in _chunks(deletes):

@@ -26,9 +26,10 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 from flask import current_app
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from ..push import apns as push
+from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Command, Device, PushRequest, utcnow
 from . import declarations as decl
@@ -316,7 +317,7 @@ def _write_results(inserts: list[dict], updates: list[dict], changes: list[dict]
     history rows, and rows of policies that no longer reach the device."""
     result_table = PolicyResult.__table__
     if inserts:
-        db.session.execute(insert(result_table), inserts)
+        insert_rows(result_table, inserts)
     columns = ("state", "detail", "updated_at", "policy_name", "target_version", "target_build", "deadline_local",
                "deadline_utc", "deadline_note")
     for moved in (True, False):
@@ -328,7 +329,7 @@ def _write_results(inserts: list[dict], updates: list[dict], changes: list[dict]
             db.session.execute(update(result_table).where(result_table.c.id == bindparam("b_id")).values(values),
                                rows)
     if changes:
-        db.session.execute(insert(PolicyResultChange.__table__), changes)
+        insert_rows(PolicyResultChange.__table__, changes)
     for start in range(0, len(deletes), 500):
         db.session.execute(delete(result_table).where(result_table.c.id.in_(deletes[start:start + 500])))
 

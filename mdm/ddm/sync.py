@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from flask import current_app
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 
 from ..protocol import commands
+from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Command, Device, utcnow
 from ..plistio import dumps
@@ -393,7 +394,7 @@ def _stored_sets(ids: list[int]) -> dict[int, dict]:
 def _write_sets(inserts: list[dict], updates: list[tuple[int, dict]]) -> None:
     table = DeclarationSet.__table__
     if inserts:
-        db.session.execute(insert(table), inserts)
+        insert_rows(table, inserts)
     by_columns: dict[tuple, list[dict]] = {}
     for device_id, values in updates:
         by_columns.setdefault(tuple(sorted(values)), []).append({"b_device_id": device_id, **values})
@@ -454,7 +455,7 @@ def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dic
         db.session.execute(update(table).where(table.c.id == bindparam("b_id"))
                            .values(payload=bindparam("payload")), rewrites)
     if new_commands:
-        db.session.execute(insert(table), new_commands)
+        insert_rows(table, new_commands)
         log.info("queued %d commands for %d devices (declarations changed)", len(new_commands), len(pushed))
     return pushed
 

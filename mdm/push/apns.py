@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import httpx
 from flask import current_app
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from . import cert as pushcert
+from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Device, PushRequest, utcnow
 from ..scheduler import register_job
@@ -108,7 +109,7 @@ def request_push(device_ids) -> list[int]:
         fresh = [{"device_id": device_id, "status": "pending", "attempts": 0, "requested_at": now,
                   "next_attempt_at": now, "created_at": now} for device_id in chunk if device_id not in pending]
         if fresh:
-            session.execute(insert(PushRequest.__table__), fresh)
+            insert_rows(PushRequest.__table__, fresh)
     session.info["mdm_push_app"] = current_app._get_current_object()
     return ids
 

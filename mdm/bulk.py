@@ -1,0 +1,76 @@
+"""Bulk INSERT of many rows in the session's transaction, with one Python step per distinct value.
+
+``insert_rows(table, rows)`` writes what ``session.execute(insert(table), rows)`` writes: the same
+columns, the same stored values (each value goes through its column type's own bind processor). On
+SQLite it skips SQLAlchemy's per-row parameter handling: each distinct value object of a column is
+processed once (a declaration set shared by thousands of devices is JSON-encoded once, one ``now`` is
+formatted once), the rows become tuples and go to the driver's ``executemany`` in one call. On other
+databases (PostgreSQL) it is ``session.execute(insert(table), rows)`` itself, whose batched INSERTs the
+driver needs there.
+
+Rules for callers: every row names the same columns; a column with a Python-side default that the rows
+do not name makes it fall back to ``session.execute`` (the default is SQLAlchemy's to fill); values are
+not mutated while the call runs. Nothing here flushes ORM objects or commits.
+"""
+from __future__ import annotations
+
+import operator
+
+from sqlalchemy import Table, bindparam, insert
+
+from .extensions import db
+
+_MISSING = object()
+_statements: dict[tuple, tuple[str, tuple, tuple]] = {}
+
+
+def insert_rows(table: Table, rows: list[dict]) -> None:
+    """INSERT ``rows`` (dicts naming the same columns) into ``table``; see the module docstring."""
+    if not rows:
+        return
+    session = db.session
+    connection = session.connection()
+    dialect = connection.dialect
+    columns = tuple(rows[0])
+    if dialect.name != "sqlite" or _needs_defaults(table, columns):
+        session.execute(insert(table), rows)
+        return
+    sql, order, processors = _statement(table, columns, dialect)
+    values = [list(map(operator.itemgetter(name), rows)) for name in order]
+    for i, process in enumerate(processors):
+        if process is not None:
+            values[i] = _processed(values[i], process)
+    connection.exec_driver_sql(sql, list(zip(*values)))
+
+
+def _needs_defaults(table: Table, columns: tuple) -> bool:
+    named = set(columns)
+    return any(c.default is not None and c.key not in named for c in table.columns)
+
+
+def _statement(table: Table, columns: tuple, dialect) -> tuple[str, tuple, tuple]:
+    """The INSERT's SQL with positional parameters, their column names in that order, and each one's bind
+    processor (compiled once per table, column list and dialect)."""
+    key = (table, columns, dialect.name)
+    cached = _statements.get(key)
+    if cached is None:
+        compiled = insert(table).values({name: bindparam(name) for name in columns}).compile(dialect=dialect)
+        order = tuple(compiled.positiontup or ())
+        if sorted(order) != sorted(columns):
+            raise RuntimeError(f"unexpected parameters for {table.name}: {order}")
+        processors = tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
+        cached = _statements[key] = (str(compiled), order, processors)
+    return cached
+
+
+def _processed(column_values: list, process) -> list:
+    """``process`` applied once per distinct object (by identity: every value stays referenced by the rows
+    for the whole call, so an id cannot be reused meanwhile)."""
+    memo: dict[int, object] = {}
+    out = []
+    for value in column_values:
+        done = memo.get(id(value), _MISSING)
+        if done is _MISSING:
+            done = memo[id(value)] = process(value)
+        out.append(done)
+    return out
