@@ -20,7 +20,6 @@ from sqlalchemy import Table, bindparam, insert
 
 from .extensions import db
 
-_MISSING = object()
 _statements: dict[tuple, tuple[str, tuple, tuple]] = {}
 
 
@@ -66,11 +65,7 @@ def _statement(table: Table, columns: tuple, dialect) -> tuple[str, tuple, tuple
 def _processed(column_values: list, process) -> list:
     """``process`` applied once per distinct object (by identity: every value stays referenced by the rows
     for the whole call, so an id cannot be reused meanwhile)."""
-    memo: dict[int, object] = {}
-    out = []
-    for value in column_values:
-        done = memo.get(id(value), _MISSING)
-        if done is _MISSING:
-            done = memo[id(value)] = process(value)
-        out.append(done)
-    return out
+    ids = list(map(id, column_values))
+    distinct = dict(zip(ids, column_values))
+    done = {key: process(value) for key, value in distinct.items()}
+    return list(map(done.__getitem__, ids))

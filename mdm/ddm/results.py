@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
+from typing import Collection
 
 from flask import current_app
 from sqlalchemy import bindparam, delete, select, update
@@ -229,16 +230,19 @@ def _change(row, state, detail, now, previous=_UNSET, target=_UNSET, deadline=_U
         deadline_local=row.deadline_local if deadline is _UNSET else deadline))
 
 
-def record_results_bulk(inputs, now: datetime) -> None:
+def record_results_bulk(inputs, now: datetime, *, queued: Collection[int] = (), new_pushes: Collection[int] = (),
+                        shared: dict | None = None) -> None:
     """``record_device_results`` for many devices at once (the declaration refresh after a policy edit):
     ``inputs`` are (device facts, plan or None, served declarations, set changed_at). Same states, same
-    history rows; read with one query per kind, written with executemany. The caller commits."""
+    history rows; read with one query per kind, written with executemany. The caller commits.
+    ``queued``, ``new_pushes`` and ``shared`` as for ``delivery_notes`` (the refresh's chunks share one
+    ``shared``)."""
     if not inputs:
         return
     with_plan = [device.id for device, plan, *_ in inputs if plan is not None]
     stored = _stored_results([device.id for device, *_ in inputs])
     statuses = _stored_statuses(with_plan)
-    deliveries = delivery_notes(with_plan)
+    deliveries = delivery_notes(with_plan, queued=queued, new_pushes=new_pushes, shared=shared)
     evaluations: dict[tuple, Evaluation] = {}
     inserts, updates, changes, deletes = [], [], [], []
     for device, plan, declarations, changed_at in inputs:
@@ -430,21 +434,36 @@ def declaration_report(device) -> list[tuple[dict, dict]]:
 
 # ---- delivery: is the device's DeclarativeManagement command still queued, and why -----------------
 
-def delivery_notes(device_ids) -> dict[int, str]:
+def delivery_notes(device_ids, *, queued: Collection[int] = (), new_pushes: Collection[int] = (),
+                   shared: dict | None = None) -> dict[int, str]:
     """For each device whose DeclarativeManagement command is still queued (not yet fetched by the
     device): "queued — waiting for the device", plus why when pushes cannot wake it (the push
-    certificate, the device's push token, the last push for the device failed). Others are absent."""
+    certificate, the device's push token, the last push for the device failed). Others are absent.
+
+    What the caller has just written in this transaction is not read back: ``queued``, devices whose
+    DeclarativeManagement command it has queued; ``new_pushes``, devices whose newest push request is a new
+    pending row it has added (``apns.request_push_new_rows``). ``shared``: a dict the caller keeps for a
+    series of calls in one transaction (the chunks of a refresh): the push identity is read once for all."""
     ids = sorted({int(i) for i in device_ids if i is not None})
-    queued: set[int] = set()
-    for start in range(0, len(ids), _CHUNK):
-        queued |= set(db.session.scalars(db.select(Command.device_id).where(
-            Command.device_id.in_(ids[start:start + _CHUNK]), Command.status == "queued",
+    known = set(queued)
+    waiting = {i for i in ids if i in known}
+    unknown = [i for i in ids if i not in known]
+    for start in range(0, len(unknown), _CHUNK):
+        waiting |= set(db.session.scalars(db.select(Command.device_id).where(
+            Command.device_id.in_(unknown[start:start + _CHUNK]), Command.status == "queued",
             Command.request_type == "DeclarativeManagement").distinct()))
-    if not queued:
+    if not waiting:
         return {}
-    problem = _push_identity_problem()
-    latest = _latest_pushes(sorted(queued))
-    return {device_id: _queued_note(problem, latest.get(device_id)) for device_id in queued}
+    if shared is None:
+        problem = _push_identity_problem()
+    else:
+        if "push_identity_problem" not in shared:
+            shared["push_identity_problem"] = _push_identity_problem()
+        problem = shared["push_identity_problem"]
+    fresh = set(new_pushes)
+    latest = _latest_pushes(sorted(i for i in waiting if i not in fresh))
+    latest.update((i, _NEW_PUSH) for i in waiting if i in fresh)
+    return {device_id: _queued_note(problem, latest.get(device_id)) for device_id in waiting}
 
 
 def _push_identity_problem() -> str | None:
@@ -465,6 +484,10 @@ def _latest_pushes(device_ids: list[int]):
                                              table.c.last_reason, table.c.sent_at).where(table.c.id.in_(newest))):
             latest[row.device_id] = row
     return latest
+
+
+# The newest push request of a device that has just been asked for a push with no pending one before.
+_NEW_PUSH = SimpleNamespace(status="pending", attempts=0, last_reason=None, sent_at=None)
 
 
 def _queued_note(problem: str | None, push) -> str:

@@ -27,7 +27,7 @@ from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Command, Device, utcnow
 from ..plistio import dumps
-from ..push.apns import request_push
+from ..push.apns import request_push_new_rows
 from ..unit_of_work import finish
 from . import changes
 from . import declarations as decl
@@ -275,9 +275,10 @@ def refresh_devices(device_ids: Iterable[int]) -> set[int]:
     return changed
 
 
-def notify(device_ids: list[int]) -> None:
-    """Wake these devices (one push request covers them; sent after the edge commits)."""
-    request_push(device_ids)
+def notify(device_ids: list[int]) -> set[int]:
+    """Wake these devices (one push request covers them; sent after the edge commits). Returns those that
+    got a new pending push request (``apns.request_push_new_rows``): what ``results`` need not read back."""
+    return request_push_new_rows(device_ids)[1]
 
 
 BULK_CHUNK = 2000                 # devices per round; IN lists are cut to CHUNK ids
@@ -308,6 +309,7 @@ class _RefreshRun:
         self._plans: dict[tuple, object] = {}
         self._sets: dict[tuple, ComputedSet] = {}
         self._templates: dict[tuple, bytes] = {}
+        self._sync_templates: dict[tuple[str, dt.datetime], bytes] = {}
         self.organization = None
 
     def devices(self, ids: list[int]) -> list[_DeviceFacts]:
@@ -354,6 +356,17 @@ class _RefreshRun:
         if computed is None:
             computed = self._sets[key] = build_set(device, plan, [why] if why else [], enforcements)
         return computed
+
+    def sync_template(self, token: str, changed_at: dt.datetime) -> bytes:
+        """The DeclarativeManagement command carrying these SyncTokens, as ``payload_template`` (devices
+        sharing a set share its token and, in one run, its timestamp: built once for all of them)."""
+        key = (token, changed_at)
+        template = self._sync_templates.get(key)
+        if template is None:
+            tokens = {"DeclarationsToken": token, "Timestamp": changed_at.replace(microsecond=0).isoformat() + "Z"}
+            data = json.dumps({"SyncTokens": tokens}, separators=(",", ":")).encode()
+            template = self._sync_templates[key] = self.payload_template("DeclarativeManagement", data=data)
+        return template
 
     def payload_template(self, request_type: str, **params) -> bytes:
         """The command plist with a placeholder CommandUUID: built once, then one bytes.replace per device
@@ -432,11 +445,7 @@ def _write_commands(run: _RefreshRun, device_ids: list[int], profile_wanted: dic
                 new_commands.append(_command_row(run, device_id, "RemoveProfile", template))
             pushed.append(device_id)
         if device_id in sync_wanted:
-            token, changed_at = sync_wanted[device_id]
-            tokens = {"DeclarationsToken": token,
-                      "Timestamp": changed_at.replace(microsecond=0).isoformat() + "Z"}
-            data = json.dumps({"SyncTokens": tokens}, separators=(",", ":")).encode()
-            template = run.payload_template("DeclarativeManagement", data=data)
+            template = run.sync_template(*sync_wanted[device_id])
             waiting = waiting_sync.get(device_id)
             if waiting:
                 # A still-queued one is rewritten with the new tokens instead of piling up another.
