@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import LargeBinary, Table, bindparam, insert
 
 from .extensions import db
 
@@ -57,9 +57,16 @@ def _statement(table: Table, columns: tuple, dialect) -> tuple[str, tuple, tuple
         order = tuple(compiled.positiontup or ())
         if sorted(order) != sorted(columns):
             raise RuntimeError(f"unexpected parameters for {table.name}: {order}")
-        processors = tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
+        processors = tuple(_processor(table.c[name].type, dialect) for name in order)
         cached = _statements[key] = (str(compiled), order, processors)
     return cached
+
+
+def _processor(type_, dialect):
+    impl = type_.dialect_impl(dialect)
+    if isinstance(impl, LargeBinary):
+        return None       # sqlite3 binds bytes as a BLOB itself; SQLAlchemy's wrapper would only copy them
+    return impl.bind_processor(dialect)
 
 
 def _processed(column_values: list, process) -> list:

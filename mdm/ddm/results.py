@@ -243,28 +243,35 @@ def record_results_bulk(inputs, now: datetime, *, queued: Collection[int] = (), 
     stored = _stored_results([device.id for device, *_ in inputs])
     statuses = _stored_statuses(with_plan)
     deliveries = delivery_notes(with_plan, queued=queued, new_pushes=new_pushes, shared=shared)
+    # plans and declaration lists are objects shared by many devices and kept alive by the caller: keys by id
     evaluations: dict[tuple, Evaluation] = {}
+    finished: dict[tuple, tuple[str, str, dict]] = {}   # (evaluation, plan, set) -> state, detail, plan facts
     inserts, updates, changes, deletes = [], [], [], []
     for device, plan, declarations, changed_at in inputs:
         rows = {r["policy_id"]: r for r in stored.get(device.id, ())}
         if plan is not None:
             status = statuses.get(device.id)
-            served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
             delivery = deliveries.get(device.id)
             if status is None:   # then the state depends only on facts, plan, set and delivery: shared
                 key = (device.facts_key(), id(plan), id(declarations), changed_at, delivery)
                 evaluation = evaluations.get(key)
                 if evaluation is None:
+                    served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
                     evaluation = evaluations[key] = evaluate(device, plan, served, None, now, delivery)
             else:
+                served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
                 evaluation = evaluate(device, plan, served, status, now, delivery)
-            state, detail = evaluation.state, evaluation.detail
-            if plan.conflicts:
-                detail += f" (won over: {', '.join(plan.conflicts)})"
-            detail += _enforcement_note(declarations, plan)
-            facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
-                         target_build=plan.target_build, deadline_local=plan.deadline_local,
-                         deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)
+            done = finished.get((evaluation, id(plan), id(declarations)))
+            if done is None:
+                detail = evaluation.detail
+                if plan.conflicts:
+                    detail += f" (won over: {', '.join(plan.conflicts)})"
+                detail += _enforcement_note(declarations, plan)
+                facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
+                             target_build=plan.target_build, deadline_local=plan.deadline_local,
+                             deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)
+                done = finished[(evaluation, id(plan), id(declarations))] = (evaluation.state, detail, facts)
+            state, detail, facts = done
             row = rows.pop(plan.policy_id, None)
             if row is None:
                 inserts.append(dict(policy_id=plan.policy_id, device_id=device.id, state=state, detail=detail,
