@@ -11,9 +11,17 @@ driver needs there.
 Rules for callers: every row names the same columns; a column with a Python-side default that the rows
 do not name makes it fall back to ``session.execute`` (the default is SQLAlchemy's to fill); values are
 not mutated while the call runs. Nothing here flushes ORM objects or commits.
+
+``collector_paused()`` wraps bulk work over the whole fleet (the DDM spine's recomputation): its
+chunk-sized structures outlive a few young collections, and CPython then runs a full collection over the
+whole heap every few thousand devices (1.2 s of a 100,000-device first run, measured). Automatic cyclic
+collection is paused while it runs; reference counting still frees everything that is not a cycle, and
+the collector resumes as it was found (a nested or concurrent pause never leaves it off).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import operator
 
 from sqlalchemy import LargeBinary, Table, bindparam, insert
@@ -76,3 +84,15 @@ def _processed(column_values: list, process) -> list:
     distinct = dict(zip(ids, column_values))
     done = {key: process(value) for key, value in distinct.items()}
     return list(map(done.__getitem__, ids))
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Pause Python's automatic cyclic garbage collection for the block (module docstring)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

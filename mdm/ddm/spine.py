@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 from typing import Iterable
 
+from ..bulk import collector_paused
 from ..extensions import db
 from . import plan, results, sync
 
@@ -54,14 +55,15 @@ def refresh(device_ids: Iterable[int]) -> set[int]:
     run = sync.new_run()
     changed: set[int] = set()
     shared: dict = {}          # what the results stage reads once per refresh (the push identity)
-    for chunk in rounds:
-        sets = sync.compute_sets(run, chunk)
-        new_pushes = sync.notify(sync.store_sets(run, sets))
-        # what this chunk has just queued and pushed is known: results do not read it back
-        results.record_results_bulk(sets.result_inputs, run.now, queued=sets.sync_wanted, new_pushes=new_pushes,
-                                    shared=shared)
-        db.session.flush()
-        changed |= sets.changed
+    with collector_paused():   # see mdm/bulk.py: no full-heap collections every few chunks
+        for chunk in rounds:
+            sets = sync.compute_sets(run, chunk)
+            new_pushes = sync.notify(sync.store_sets(run, sets))
+            # what this chunk has just queued and pushed is known: results do not read it back
+            results.record_results_bulk(sets.result_inputs, run.now, queued=sets.sync_wanted,
+                                        new_pushes=new_pushes, shared=shared)
+            db.session.flush()
+            changed |= sets.changed
     db.session.expire_all()       # rows were written with bulk statements, past the identity map
     return changed
 
