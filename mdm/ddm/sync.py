@@ -6,7 +6,9 @@ a hash over the (identifier, ServerToken) pairs, so it changes exactly when the 
 
 Two stages of the DDM spine (mdm/ddm/spine.py) live here, each returning what the next needs:
 ``compute_sets`` (sets and tokens for a chunk, reads only) -> ``store_sets`` (sets written, commands
-queued; returns the devices to wake) -> ``notify`` (one push request). Nothing here commits.
+queued; returns the devices to wake) -> ``notify`` (one push request; returns the devices that got a new
+one, which the results stage then need not read back). Nothing here commits. The large INSERTs go through
+``bulk.insert_rows`` (a set shared by many devices is JSON-encoded once per chunk, not once per device).
 """
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ def assert_each_device_has_its_own_set_and_command(phones):
 def assert_results_match_the_one_device_path(device_ids):
     """Recomputed one device at a time (which reads queued commands and push requests back), every stored
     result keeps its state and detail."""
-    stored = {r.device_id: (r.state, r.detail) for r in PolicyResult.query.filter(PolicyResult.device_id.in_(device_ids))}
+    rows = PolicyResult.query.filter(PolicyResult.device_id.in_(device_ids))
+    stored = {r.device_id: (r.state, r.detail) for r in rows}
     assert set(stored) == set(device_ids)
     for device_id in device_ids:
         [again] = results.record_device_results(db.session.get(Device, device_id))
