@@ -26,6 +26,7 @@ from typing import Iterable
 
 from sqlalchemy import Text, bindparam, delete, func, insert, select, type_coerce, update
 
+from ..bulk import collector_paused, insert_rows
 from ..extensions import db
 from ..models import Device, DeviceGroup, group_members, utcnow
 from ..unit_of_work import finish
@@ -137,7 +138,13 @@ _compared = operator.itemgetter(*_COMPARED)   # a stored plan and a new one diff
 
 def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | None = None) -> set[int]:
     """Recompute and store plans for ``device_ids`` (None = every device), and take them off the recompute
-    queue. Flushes. Returns the ids whose plan changed (the spine refreshes their declarations)."""
+    queue. Flushes. Returns the ids whose plan changed (the spine refreshes their declarations). Runs with
+    the cyclic garbage collector paused (``bulk.collector_paused``)."""
+    with collector_paused():
+        return _plan_devices(device_ids, now)
+
+
+def _plan_devices(device_ids: Iterable[int] | None, now: dt.datetime | None) -> set[int]:
     started = utcnow()
     now = now or started
     catalog.ensure_catalog(now)
@@ -197,7 +204,7 @@ def plan_devices(device_ids: Iterable[int] | None = None, *, now: dt.datetime | 
 def _store_plans(inserts: list[dict], updates: list[dict], deletes: list[int]) -> None:
     table = DevicePatchTarget.__table__
     if inserts:
-        db.session.execute(insert(table), inserts)
+        insert_rows(table, inserts)
     if updates:
         db.session.execute(update(table).where(table.c.device_id == bindparam("b_device_id")), updates)
     for chunk in _chunks(deletes):

@@ -24,11 +24,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
+from typing import Collection
 
 from flask import current_app
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from ..push import apns as push
+from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Command, Device, PushRequest, utcnow
 from . import declarations as decl
@@ -228,38 +230,48 @@ def _change(row, state, detail, now, previous=_UNSET, target=_UNSET, deadline=_U
         deadline_local=row.deadline_local if deadline is _UNSET else deadline))
 
 
-def record_results_bulk(inputs, now: datetime) -> None:
+def record_results_bulk(inputs, now: datetime, *, queued: Collection[int] = (), new_pushes: Collection[int] = (),
+                        shared: dict | None = None) -> None:
     """``record_device_results`` for many devices at once (the declaration refresh after a policy edit):
     ``inputs`` are (device facts, plan or None, served declarations, set changed_at). Same states, same
-    history rows; read with one query per kind, written with executemany. The caller commits."""
+    history rows; read with one query per kind, written with executemany. The caller commits.
+    ``queued``, ``new_pushes`` and ``shared`` as for ``delivery_notes`` (the refresh's chunks share one
+    ``shared``)."""
     if not inputs:
         return
     with_plan = [device.id for device, plan, *_ in inputs if plan is not None]
     stored = _stored_results([device.id for device, *_ in inputs])
     statuses = _stored_statuses(with_plan)
-    deliveries = delivery_notes(with_plan)
+    deliveries = delivery_notes(with_plan, queued=queued, new_pushes=new_pushes, shared=shared)
+    # plans and declaration lists are objects shared by many devices and kept alive by the caller: keys by id
     evaluations: dict[tuple, Evaluation] = {}
+    finished: dict[tuple, tuple[str, str, dict]] = {}   # (evaluation, plan, set) -> state, detail, plan facts
     inserts, updates, changes, deletes = [], [], [], []
     for device, plan, declarations, changed_at in inputs:
         rows = {r["policy_id"]: r for r in stored.get(device.id, ())}
         if plan is not None:
             status = statuses.get(device.id)
-            served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
             delivery = deliveries.get(device.id)
             if status is None:   # then the state depends only on facts, plan, set and delivery: shared
                 key = (device.facts_key(), id(plan), id(declarations), changed_at, delivery)
                 evaluation = evaluations.get(key)
                 if evaluation is None:
+                    served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
                     evaluation = evaluations[key] = evaluate(device, plan, served, None, now, delivery)
             else:
+                served = SimpleNamespace(declarations=declarations, changed_at=changed_at)
                 evaluation = evaluate(device, plan, served, status, now, delivery)
-            state, detail = evaluation.state, evaluation.detail
-            if plan.conflicts:
-                detail += f" (won over: {', '.join(plan.conflicts)})"
-            detail += _enforcement_note(declarations, plan)
-            facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
-                         target_build=plan.target_build, deadline_local=plan.deadline_local,
-                         deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)
+            done = finished.get((evaluation, id(plan), id(declarations)))
+            if done is None:
+                detail = evaluation.detail
+                if plan.conflicts:
+                    detail += f" (won over: {', '.join(plan.conflicts)})"
+                detail += _enforcement_note(declarations, plan)
+                facts = dict(policy_name=plan.policy_name, target_version=plan.target_version,
+                             target_build=plan.target_build, deadline_local=plan.deadline_local,
+                             deadline_utc=plan.deadline_utc, deadline_note=plan.deadline_note)
+                done = finished[(evaluation, id(plan), id(declarations))] = (evaluation.state, detail, facts)
+            state, detail, facts = done
             row = rows.pop(plan.policy_id, None)
             if row is None:
                 inserts.append(dict(policy_id=plan.policy_id, device_id=device.id, state=state, detail=detail,
@@ -316,7 +328,7 @@ def _write_results(inserts: list[dict], updates: list[dict], changes: list[dict]
     history rows, and rows of policies that no longer reach the device."""
     result_table = PolicyResult.__table__
     if inserts:
-        db.session.execute(insert(result_table), inserts)
+        insert_rows(result_table, inserts)
     columns = ("state", "detail", "updated_at", "policy_name", "target_version", "target_build", "deadline_local",
                "deadline_utc", "deadline_note")
     for moved in (True, False):
@@ -328,7 +340,7 @@ def _write_results(inserts: list[dict], updates: list[dict], changes: list[dict]
             db.session.execute(update(result_table).where(result_table.c.id == bindparam("b_id")).values(values),
                                rows)
     if changes:
-        db.session.execute(insert(PolicyResultChange.__table__), changes)
+        insert_rows(PolicyResultChange.__table__, changes)
     for start in range(0, len(deletes), 500):
         db.session.execute(delete(result_table).where(result_table.c.id.in_(deletes[start:start + 500])))
 
@@ -429,21 +441,36 @@ def declaration_report(device) -> list[tuple[dict, dict]]:
 
 # ---- delivery: is the device's DeclarativeManagement command still queued, and why -----------------
 
-def delivery_notes(device_ids) -> dict[int, str]:
+def delivery_notes(device_ids, *, queued: Collection[int] = (), new_pushes: Collection[int] = (),
+                   shared: dict | None = None) -> dict[int, str]:
     """For each device whose DeclarativeManagement command is still queued (not yet fetched by the
     device): "queued — waiting for the device", plus why when pushes cannot wake it (the push
-    certificate, the device's push token, the last push for the device failed). Others are absent."""
+    certificate, the device's push token, the last push for the device failed). Others are absent.
+
+    What the caller has just written in this transaction is not read back: ``queued``, devices whose
+    DeclarativeManagement command it has queued; ``new_pushes``, devices whose newest push request is a new
+    pending row it has added (``apns.request_push_new_rows``). ``shared``: a dict the caller keeps for a
+    series of calls in one transaction (the chunks of a refresh): the push identity is read once for all."""
     ids = sorted({int(i) for i in device_ids if i is not None})
-    queued: set[int] = set()
-    for start in range(0, len(ids), _CHUNK):
-        queued |= set(db.session.scalars(db.select(Command.device_id).where(
-            Command.device_id.in_(ids[start:start + _CHUNK]), Command.status == "queued",
+    known = set(queued)
+    waiting = {i for i in ids if i in known}
+    unknown = [i for i in ids if i not in known]
+    for start in range(0, len(unknown), _CHUNK):
+        waiting |= set(db.session.scalars(db.select(Command.device_id).where(
+            Command.device_id.in_(unknown[start:start + _CHUNK]), Command.status == "queued",
             Command.request_type == "DeclarativeManagement").distinct()))
-    if not queued:
+    if not waiting:
         return {}
-    problem = _push_identity_problem()
-    latest = _latest_pushes(sorted(queued))
-    return {device_id: _queued_note(problem, latest.get(device_id)) for device_id in queued}
+    if shared is None:
+        problem = _push_identity_problem()
+    else:
+        if "push_identity_problem" not in shared:
+            shared["push_identity_problem"] = _push_identity_problem()
+        problem = shared["push_identity_problem"]
+    fresh = set(new_pushes)
+    latest = _latest_pushes(sorted(i for i in waiting if i not in fresh))
+    latest.update((i, _NEW_PUSH) for i in waiting if i in fresh)
+    return {device_id: _queued_note(problem, latest.get(device_id)) for device_id in waiting}
 
 
 def _push_identity_problem() -> str | None:
@@ -464,6 +491,10 @@ def _latest_pushes(device_ids: list[int]):
                                              table.c.last_reason, table.c.sent_at).where(table.c.id.in_(newest))):
             latest[row.device_id] = row
     return latest
+
+
+# The newest push request of a device that has just been asked for a push with no pending one before.
+_NEW_PUSH = SimpleNamespace(status="pending", attempts=0, last_reason=None, sent_at=None)
 
 
 def _queued_note(problem: str | None, push) -> str:

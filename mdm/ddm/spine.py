@@ -3,8 +3,9 @@
     1. plan       ``plan.plan_devices``        which policy wins, target and deadline -> plan-changed ids
     2. sets       ``sync.compute_sets``        declarations and DeclarationsToken per device -> ChunkSets
     3. store      ``sync.store_sets``          sets written, DeclarativeManagement commands queued -> ids
-       notify     ``sync.notify``              one push request for those devices
-    4. results    ``results.record_results_bulk``  per-device state and history from plan, set, status
+       notify     ``sync.notify``              one push request for those devices -> ids with a new request
+    4. results    ``results.record_results_bulk``  per-device state and history from plan, set, status (what
+                                                   stage 3 queued and pushed is passed on, not read back)
 
 This module is the only caller of more than one stage; each stage returns what the next needs and
 calls none of the others. Callers above it (groups, protocol, jobs, cli) call it directly; services
@@ -17,6 +18,7 @@ import datetime as dt
 import logging
 from typing import Iterable
 
+from ..bulk import collector_paused
 from ..extensions import db
 from . import plan, results, sync
 
@@ -52,12 +54,16 @@ def refresh(device_ids: Iterable[int]) -> set[int]:
         return set()
     run = sync.new_run()
     changed: set[int] = set()
-    for chunk in rounds:
-        sets = sync.compute_sets(run, chunk)
-        sync.notify(sync.store_sets(run, sets))
-        results.record_results_bulk(sets.result_inputs, run.now)
-        db.session.flush()
-        changed |= sets.changed
+    shared: dict = {}          # what the results stage reads once per refresh (the push identity)
+    with collector_paused():   # see mdm/bulk.py: no full-heap collections every few chunks
+        for chunk in rounds:
+            sets = sync.compute_sets(run, chunk)
+            new_pushes = sync.notify(sync.store_sets(run, sets))
+            # what this chunk has just queued and pushed is known: results do not read it back
+            results.record_results_bulk(sets.result_inputs, run.now, queued=sets.sync_wanted,
+                                        new_pushes=new_pushes, shared=shared)
+            db.session.flush()
+            changed |= sets.changed
     db.session.expire_all()       # rows were written with bulk statements, past the identity map
     return changed
 

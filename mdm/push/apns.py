@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import httpx
 from flask import current_app
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from . import cert as pushcert
+from ..bulk import insert_rows
 from ..extensions import db
 from ..models import Device, PushRequest, utcnow
 from ..scheduler import register_job
@@ -92,9 +93,17 @@ def request_push(device_ids) -> list[int]:
     bulk statements (a policy edit can wake a whole fleet at once); the ORM-enabled UPDATE also moves
     ``requested_at`` on PushRequest objects this session already holds.
     """
+    return request_push_new_rows(device_ids)[0]
+
+
+def request_push_new_rows(device_ids) -> tuple[list[int], set[int]]:
+    """``request_push``, also saying which devices got a new pending row: for those the newest push request
+    is that unattempted row (the others had a pending row, now bumped), which a caller may know without
+    reading it back."""
     ids = sorted({int(i) for i in device_ids})
     if not ids:
-        return []
+        return [], set()
+    new_rows: set[int] = set()
     now = utcnow()
     session = db.session()
     for start in range(0, len(ids), BATCH_SIZE):
@@ -108,9 +117,10 @@ def request_push(device_ids) -> list[int]:
         fresh = [{"device_id": device_id, "status": "pending", "attempts": 0, "requested_at": now,
                   "next_attempt_at": now, "created_at": now} for device_id in chunk if device_id not in pending]
         if fresh:
-            session.execute(insert(PushRequest.__table__), fresh)
+            insert_rows(PushRequest.__table__, fresh)
+            new_rows.update(row["device_id"] for row in fresh)
     session.info["mdm_push_app"] = current_app._get_current_object()
-    return ids
+    return ids, new_rows
 
 
 @event.listens_for(Session, "after_commit")
