@@ -35,7 +35,7 @@ Limits and deadlines (settings ``MDM_*``):
   process faster: they take turns at the interpreter lock, and on an idle 2-core machine 16 threads
   served 18 % fewer check-ins than 4, at 28 % more CPU each (docs/benchmarks.md, "third pass").
 - ``WORKERS`` (1, or ``auto`` for one per CPU core): worker processes; each runs the whole app. Use
-  one per core for throughput (2 workers served 2.4x one on 2 cores, SQLite). The scheduler runs in
+  one per core for throughput (2 workers served 1.6-1.8x one on 2 cores shared with wrk, SQLite). The scheduler runs in
   exactly one of them (the scheduler lock, ``mdm.scheduler``), whatever the count.
 - ``SHUTDOWN_TIMEOUT_SECONDS`` (5): after SIGTERM/SIGINT, requests in flight get this long to
   finish; then the workers are killed. Idle and half-open connections are simply closed.
