@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("protocol", __name__)
 
+DEFAULT_MAX_COMMAND_RESPONSE_BYTES = 2 * 1024 * 1024
+COMMAND_STATUSES = ("Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow")
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 @bp.record_once
@@ -65,13 +71,6 @@ def _checkin_limit(config) -> int:
 
 def _connect_limit(config) -> int:
     return int(config.get("MAX_COMMAND_RESPONSE_BYTES") or DEFAULT_MAX_COMMAND_RESPONSE_BYTES)
-
-DEFAULT_MAX_COMMAND_RESPONSE_BYTES = 2 * 1024 * 1024
-COMMAND_STATUSES = ("Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 @bp.put("/mdm/checkin")
