@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -123,8 +124,6 @@ def _bridge_put(app, path: str, body: bytes, headers: dict, on_event_loop: bool)
     """One PUT as a production worker thread runs it: ``WSGIBridge._environ`` from an RSGI-like scope,
     then ``WSGIBridge._call_app`` (request id, access line, the Flask app); or, ``on_event_loop``, as the
     event loop answers it (``WSGIBridge._answer_on_event_loop``: the read path, the access line)."""
-    from types import SimpleNamespace
-
     from mdm.server.serve import WSGIBridge
     bridge = WSGIBridge(app, max_body_bytes=8 << 20, body_deadline_seconds=60, threads=1,
                         event_loop_reads=app.extensions["mdm_event_loop_reads"])

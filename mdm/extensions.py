@@ -55,6 +55,7 @@ class _SQLAlchemy(SQLAlchemy):
 db = _SQLAlchemy(metadata=MetaData(naming_convention=naming_convention))
 migrate = Migrate()
 
+
 def init_db(app) -> None:
     """Bind ``db`` to the app, and on PostgreSQL ping only connections that sat idle (``ping_idle``)."""
     db.init_app(app)

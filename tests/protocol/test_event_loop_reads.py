@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from apps import POSTGRES_URL
-from device_identity import DeviceIdentity, checkin_message, drain
+from device_identity import DeviceIdentity, checkin_message, enrolled_and_drained
 from mdm.extensions import db
 from mdm.models import AuditEvent, Command, Device
 from mdm.protocol import queue
@@ -28,10 +28,7 @@ from mdm.server.serve import EVENT_LOOP_MAX_BODY_BYTES, WSGIBridge, bridge_for
 
 @pytest.fixture
 def enrolled(app, client):
-    ident = DeviceIdentity(app)
-    ident.enroll(client)
-    drain(ident, client)
-    return ident
+    return enrolled_and_drained(app, client)
 
 
 def _body(message: dict) -> bytes:

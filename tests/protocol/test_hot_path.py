@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event
 
 from db_recorder import Recorder
-from device_identity import DeviceIdentity, drain
+from device_identity import DeviceIdentity, drain, enrolled_and_drained
 from mdm.protocol import certauth, checkin, queue
 from mdm.extensions import db
 from mdm.models import AuditEvent, Command, Device, DeviceCertificate, utcnow
@@ -24,10 +24,7 @@ from mdm.models import AuditEvent, Command, Device, DeviceCertificate, utcnow
 
 @pytest.fixture
 def enrolled(app, client):
-    ident = DeviceIdentity(app)
-    ident.enroll(client)
-    drain(ident, client)
-    return ident
+    return enrolled_and_drained(app, client)
 
 
 def last_seen(app, udid):

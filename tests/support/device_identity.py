@@ -106,6 +106,14 @@ def drain(ident, client) -> None:
         response = ident.connect(client, "Acknowledged", CommandUUID=uuid)
 
 
+def enrolled_and_drained(app, client) -> "DeviceIdentity":
+    """A new enrolled device whose queue is empty: its next Idle changes nothing."""
+    ident = DeviceIdentity(app)
+    ident.enroll(client)
+    drain(ident, client)
+    return ident
+
+
 def checkin_message(udid: str, message_type: str, **fields) -> dict:
     base = {"MessageType": message_type, "UDID": udid}
     if message_type == "Authenticate":
